@@ -1,0 +1,28 @@
+"""keras_siglip: language-image pre-training with the pairwise sigmoid loss, for Keras 3.
+
+The public API, in the order an image and a caption meet it:
+
+- towers: `ImageEncoder`, `TextEncoder` (built from `keras_siglip.layers`);
+- the model: `SigLIP`;
+- the losses: `sigmoid_loss` / `SigmoidLoss` and the CLIP baseline
+  `softmax_loss` / `SoftmaxLoss`.
+"""
+
+from keras_siglip import layers
+from keras_siglip.encoders import VARIANTS, ImageEncoder, TextEncoder
+from keras_siglip.losses import SigmoidLoss, SoftmaxLoss, sigmoid_loss, softmax_loss
+from keras_siglip.model import SigLIP
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "VARIANTS",
+    "ImageEncoder",
+    "SigLIP",
+    "SigmoidLoss",
+    "SoftmaxLoss",
+    "TextEncoder",
+    "layers",
+    "sigmoid_loss",
+    "softmax_loss",
+]

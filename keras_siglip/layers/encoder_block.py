@@ -1,0 +1,62 @@
+"""One pre-LayerNorm transformer encoder block."""
+
+import keras
+
+from keras_siglip.layers.attention import MultiHeadAttention
+from keras_siglip.layers.mlp import MlpBlock
+
+
+@keras.saving.register_keras_serializable(package="keras_siglip")
+class EncoderBlock(keras.layers.Layer):
+    """`x + Attention(LN(x))`, then `x + MLP(LN(x))`, as in ViT and big_vision.
+
+    Args:
+        num_heads: int. Attention heads.
+        mlp_dim: int. Hidden width of the MLP.
+        layer_norm_epsilon: float. LayerNorm epsilon (1e-6 in the SigLIP towers).
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Example:
+    >>> import numpy as np
+    >>> EncoderBlock(num_heads=2, mlp_dim=16)(np.zeros((2, 5, 8))).shape
+    (2, 5, 8)
+    """
+
+    def __init__(self, num_heads, mlp_dim, layer_norm_epsilon=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.mlp_dim = mlp_dim
+        self.layer_norm_epsilon = layer_norm_epsilon
+
+    def build(self, input_shape):
+        def layer_norm(name):
+            return keras.layers.LayerNormalization(
+                epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name=name
+            )
+
+        self.attention_norm = layer_norm("attention_norm")
+        self.attention = MultiHeadAttention(
+            self.num_heads, dtype=self.dtype_policy, name="attention"
+        )
+        self.mlp_norm = layer_norm("mlp_norm")
+        self.mlp = MlpBlock(self.mlp_dim, dtype=self.dtype_policy, name="mlp")
+        for layer in (self.attention_norm, self.attention, self.mlp_norm, self.mlp):
+            layer.build(input_shape)
+
+    def call(self, x):
+        x = x + self.attention(self.attention_norm(x))
+        return x + self.mlp(self.mlp_norm(x))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "mlp_dim": self.mlp_dim,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            }
+        )
+        return config

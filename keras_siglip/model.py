@@ -1,0 +1,281 @@
+"""`SigLIP`: an image tower, a text tower, a learnable temperature and bias."""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_siglip import backend
+from keras_siglip.encoders import ImageEncoder, TextEncoder
+from keras_siglip.losses import SigmoidLoss
+
+
+def l2_normalize(x):
+    """big_vision's normalisation: `x / (||x|| + 1e-8)`, in float32."""
+    x = ops.cast(x, "float32")
+    return x / (ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True)) + 1e-8)
+
+
+def is_weight_decayed(variable):
+    """big_vision decays kernels only: no biases, norms, embeddings, probe, t' or b."""
+    return variable.name == "kernel"
+
+
+@keras.saving.register_keras_serializable(package="keras_siglip")
+class SigLIP(keras.Model):
+    """A two-tower language-image model trained with the pairwise sigmoid loss.
+
+    The call takes `{"images": (B, H, W, 3) floats in [-1, 1], "token_ids": (B, L)
+    ints}` and returns `{"image_embeddings", "text_embeddings"}`, both
+    L2-normalised float32 `(B, dim)`. Pair i is image i with caption i.
+    `fit` needs no labels: `compute_loss` compares every image with every
+    caption of the batch, using the forward pass `fit` already ran.
+
+    Args:
+        image_encoder: an `ImageEncoder` (or any layer mapping images to
+            `(B, dim)`).
+        text_encoder: a `TextEncoder` with the same output width.
+        log_temperature_init: float. Initial t' (t = exp(t')); log(10) as in the
+            paper.
+        bias_init: float. Initial logit bias; -10 as in the paper.
+        **kwargs: standard `keras.Model` arguments (`name`, `dtype`).
+
+    Example:
+    >>> import numpy as np
+    >>> model = SigLIP.from_variant("tiny", image_size=32, patch_size=8,
+    ...                             vocabulary_size=100, sequence_length=8)
+    >>> model.compile()
+    >>> data = {"images": np.random.uniform(-1, 1, (16, 32, 32, 3)).astype("float32"),
+    ...         "token_ids": np.random.randint(0, 100, (16, 8))}
+    >>> history = model.fit(data, batch_size=8, epochs=1, verbose=0)
+    >>> model.predict(data, verbose=0)["image_embeddings"].shape
+    (16, 32)
+    """
+
+    def __init__(
+        self,
+        image_encoder,
+        text_encoder,
+        log_temperature_init=math.log(10.0),
+        bias_init=-10.0,
+        **kwargs,
+    ):
+        kwargs.setdefault("name", "siglip")
+        super().__init__(**kwargs)
+        image_dim = getattr(image_encoder, "embedding_dim", None)
+        text_dim = getattr(text_encoder, "embedding_dim", None)
+        if None not in (image_dim, text_dim) and image_dim != text_dim:
+            raise ValueError(
+                f"The towers must embed into the same width; the image encoder gives {image_dim} "
+                f"and the text encoder {text_dim}. Set the text encoder's output_dim."
+            )
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.log_temperature_init = float(log_temperature_init)
+        self.bias_init = float(bias_init)
+        self.log_temperature = self.add_weight(
+            shape=(),
+            initializer=keras.initializers.Constant(self.log_temperature_init),
+            name="log_temperature",
+        )
+        self.bias = self.add_weight(
+            shape=(), initializer=keras.initializers.Constant(self.bias_init), name="bias"
+        )
+        self.built = True
+
+    @classmethod
+    def from_variant(
+        cls,
+        variant,
+        *,
+        image_size=224,
+        patch_size=16,
+        vocabulary_size=32_000,
+        sequence_length=64,
+        dtype=None,
+        **kwargs,
+    ):
+        """A SigLIP model with both towers of a named size (`"B"`, `"L"`, `"So400m"`, `"tiny"`).
+
+        Example:
+        >>> model = SigLIP.from_variant("B", image_size=224, patch_size=16)  # doctest: +SKIP
+        """
+        image_encoder = ImageEncoder.from_variant(
+            variant, image_size=image_size, patch_size=patch_size, dtype=dtype
+        )
+        text_encoder = TextEncoder.from_variant(
+            variant, vocabulary_size=vocabulary_size, sequence_length=sequence_length, dtype=dtype
+        )
+        return cls(image_encoder, text_encoder, dtype=dtype, **kwargs)
+
+    # -- forward ---------------------------------------------------------
+
+    def encode_images(self, images, training=None):
+        """L2-normalised float32 image embeddings `(B, dim)`."""
+        return l2_normalize(self.image_encoder(images, training=training))
+
+    def encode_texts(self, token_ids, training=None):
+        """L2-normalised float32 text embeddings `(B, dim)`."""
+        return l2_normalize(self.text_encoder(token_ids, training=training))
+
+    def call(self, inputs, training=None):
+        images, token_ids = self.validate_inputs(inputs)
+        return {
+            "image_embeddings": self.encode_images(images, training=training),
+            "text_embeddings": self.encode_texts(token_ids, training=training),
+        }
+
+    def validate_inputs(self, inputs):
+        """Checks an input dict; returns `(images, token_ids)` or raises `ValueError`."""
+        if not isinstance(inputs, dict) or set(inputs) != {"images", "token_ids"}:
+            got = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
+            raise ValueError(
+                f"SigLIP expects a dict with keys 'images' and 'token_ids'; got {got}."
+            )
+        images = self.image_encoder.validate_inputs(inputs["images"])
+        token_ids = self.text_encoder.validate_inputs(inputs["token_ids"])
+        image_batch, text_batch = images.shape[0], token_ids.shape[0]
+        if None not in (image_batch, text_batch):
+            if image_batch != text_batch:
+                raise ValueError(
+                    "SigLIP needs one caption per image: got a batch of "
+                    f"{image_batch} images and {text_batch} token sequences."
+                )
+        else:
+            images, token_ids = backend.check(
+                ops.equal(ops.shape(images)[0], ops.shape(token_ids)[0]),
+                "SigLIP needs one caption per image: the batch sizes of images and "
+                "token_ids differ.",
+                images,
+                token_ids,
+            )
+        return images, token_ids
+
+    def similarity(self, image_embeddings, text_embeddings):
+        """The logits `exp(t') * image @ text.T + b`, shape (images, texts)."""
+        scale = ops.exp(ops.cast(self.log_temperature, "float32"))
+        return scale * ops.matmul(image_embeddings, ops.transpose(text_embeddings)) + ops.cast(
+            self.bias, "float32"
+        )
+
+    # -- training ----------------------------------------------------------
+
+    def compile(
+        self,
+        optimizer="auto",
+        loss="auto",
+        learning_rate=1e-3,
+        weight_decay=1e-4,
+        beta_2=0.95,
+        global_clipnorm=1.0,
+        **kwargs,
+    ):
+        """Configures training with the paper's defaults.
+
+        `optimizer="auto"` is AdamW (learning rate 1e-3, weight decay 1e-4,
+        beta_2 0.95, gradients clipped to global norm 1.0, as in big_vision's
+        configs); `learning_rate` may be a `keras.optimizers.schedules` schedule
+        (for example `CosineDecay` with `warmup_steps`). With any optimizer that
+        has weight decay, only kernels are decayed: never biases, norms,
+        embeddings, the MAP probe, the temperature or the bias. `loss="auto"` is
+        `SigmoidLoss()`; pass `SoftmaxLoss()` for the CLIP baseline.
+        """
+        if optimizer == "auto":
+            optimizer = keras.optimizers.AdamW(
+                learning_rate=learning_rate,
+                weight_decay=weight_decay,
+                beta_2=beta_2,
+                global_clipnorm=global_clipnorm,
+            )
+        if loss == "auto":
+            loss = SigmoidLoss()
+        if not callable(loss):
+            raise ValueError(
+                "SigLIP's loss must be a callable taking (y_true, y_pred_dict), such as "
+                f"keras_siglip.SigmoidLoss() or SoftmaxLoss(); got {loss!r}."
+            )
+        optimizer = keras.optimizers.get(optimizer)
+        if getattr(optimizer, "weight_decay", None) and hasattr(optimizer, "exclude_from_weight_decay"):
+            optimizer.exclude_from_weight_decay(
+                var_list=[v for v in self.trainable_variables if not is_weight_decayed(v)]
+            )
+        super().compile(optimizer=optimizer, loss=loss, **kwargs)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The contrastive loss of the forward pass `fit` already ran (`y_pred`)."""
+        if y_pred is None:
+            y_pred = self(x, training=training)
+        loss_fn = self.loss if callable(self.loss) else SigmoidLoss()
+        loss = loss_fn(
+            y,
+            {
+                "image_embeddings": y_pred["image_embeddings"],
+                "text_embeddings": y_pred["text_embeddings"],
+                "log_temperature": self.log_temperature,
+                "bias": self.bias,
+            },
+        )
+        if self.losses:
+            loss = loss + ops.sum(self.losses)
+        return loss
+
+    def _check_paired_arrays(self, x):
+        """Catches mismatched array lengths before Keras's data adapter does (cryptically)."""
+        if isinstance(x, dict) and all(hasattr(v, "shape") for v in x.values()):
+            lengths = {key: value.shape[0] for key, value in x.items() if len(value.shape)}
+            if len(set(lengths.values())) > 1:
+                raise ValueError(
+                    f"SigLIP needs one caption per image; got arrays of different lengths {lengths}."
+                )
+
+    def fit(self, x=None, *args, **kwargs):
+        self._check_paired_arrays(x)
+        return super().fit(x, *args, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        self._check_paired_arrays(x)
+        return super().evaluate(x, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        self._check_paired_arrays(x)
+        return super().predict(x, *args, **kwargs)
+
+    def _check_batch(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        self.validate_inputs(x)
+
+    def make_train_function(self, force=False):
+        super().make_train_function(force)
+        self.train_function = backend.guard_step_function(self.train_function, self._check_batch)
+        return self.train_function
+
+    def make_test_function(self, force=False):
+        super().make_test_function(force)
+        self.test_function = backend.guard_step_function(self.test_function, self._check_batch)
+        return self.test_function
+
+    def make_predict_function(self, force=False):
+        super().make_predict_function(force)
+        self.predict_function = backend.guard_step_function(self.predict_function, self._check_batch)
+        return self.predict_function
+
+    # -- serialisation ------------------------------------------------------
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "image_encoder": keras.saving.serialize_keras_object(self.image_encoder),
+                "text_encoder": keras.saving.serialize_keras_object(self.text_encoder),
+                "log_temperature_init": self.log_temperature_init,
+                "bias_init": self.bias_init,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["image_encoder"] = keras.saving.deserialize_keras_object(config["image_encoder"])
+        config["text_encoder"] = keras.saving.deserialize_keras_object(config["text_encoder"])
+        return cls(**config)

@@ -1,0 +1,37 @@
+"""Shared fixtures. The backend is chosen by KERAS_BACKEND before pytest starts."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras
+import numpy as np
+import pytest
+
+from keras_siglip import SigLIP
+
+TINY = dict(image_size=16, patch_size=4, vocabulary_size=64, sequence_length=8)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_state():
+    keras.utils.clear_session()
+    keras.config.set_dtype_policy("float32")
+    yield
+    keras.config.set_dtype_policy("float32")
+
+
+def tiny_siglip(**kwargs):
+    """A SigLIP with 2-block, width-32 towers on 16x16 images and 8 tokens."""
+    config = dict(TINY)
+    config.update(kwargs)
+    return SigLIP.from_variant("tiny", **config)
+
+
+def random_pairs(batch_size, seed=0, image_size=TINY["image_size"], sequence_length=TINY["sequence_length"],
+                 vocabulary_size=TINY["vocabulary_size"]):
+    rng = np.random.default_rng(seed)
+    return {
+        "images": rng.uniform(-1, 1, (batch_size, image_size, image_size, 3)).astype("float32"),
+        "token_ids": rng.integers(0, vocabulary_size, (batch_size, sequence_length)).astype("int32"),
+    }
