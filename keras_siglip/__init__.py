@@ -3,15 +3,19 @@
 The public API, in the order an image and a caption meet it:
 
 - towers: `ImageEncoder`, `TextEncoder` (built from `keras_siglip.layers`);
+- inputs: `SigLIPTokenizer`, `SigLIPImagePreprocessor` and the readers of
+  `keras_siglip.data`;
 - the model: `SigLIP`;
 - the losses: `sigmoid_loss` / `SigmoidLoss` and the CLIP baseline
   `softmax_loss` / `SoftmaxLoss`.
 """
 
-from keras_siglip import layers
+from keras_siglip import distribution, layers
 from keras_siglip.encoders import VARIANTS, ImageEncoder, TextEncoder
 from keras_siglip.losses import SigmoidLoss, SoftmaxLoss, sigmoid_loss, softmax_loss
 from keras_siglip.model import SigLIP
+from keras_siglip.preprocessing import SigLIPImagePreprocessor, SigLIPTokenizer
+from keras_siglip.presets import list_presets
 
 __version__ = "0.1.0"
 
@@ -19,10 +23,14 @@ __all__ = [
     "VARIANTS",
     "ImageEncoder",
     "SigLIP",
+    "SigLIPImagePreprocessor",
+    "SigLIPTokenizer",
     "SigmoidLoss",
     "SoftmaxLoss",
     "TextEncoder",
+    "distribution",
     "layers",
+    "list_presets",
     "sigmoid_loss",
     "softmax_loss",
 ]

@@ -113,3 +113,111 @@ def guard_step_function(step_function, check_batch):
         return step_function
     guarded._keras_siglip_guarded = True
     return guarded
+
+
+# ---------------------------------------------------------------------------
+# Pieces of the blockwise sigmoid loss (keras_siglip.losses.chunked) that differ
+# between backends: a matmul that accumulates and returns float32 whatever its
+# inputs, padding a batch whose size is only known at run time, and writing
+# rows into a buffer in place where the backend allows it.
+
+
+def has_accelerator():
+    """True when the active backend computes on a GPU or TPU by default."""
+    if BACKEND == "jax":
+        import jax
+
+        return jax.default_backend() in ("gpu", "cuda", "rocm", "tpu")
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+    if BACKEND == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
+
+
+def low_precision_matmuls():
+    """True when `matmul_f32` multiplies bfloat16/float16 inputs directly.
+
+    On JAX the matmuls of the blockwise loss take the embeddings in their own
+    dtype and accumulate in float32 (`preferred_element_type`), so bfloat16
+    embeddings are never copied to float32. TensorFlow and PyTorch have no
+    portable way to ask for a float32 result from bfloat16 operands, so there
+    the loss casts the embeddings to float32 first.
+    """
+    return BACKEND == "jax"
+
+
+def matmul_f32(a, b, transpose_a=False, transpose_b=False):
+    """`op(a) @ op(b)` accumulated and returned in float32."""
+    if BACKEND == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        contract_a = 0 if transpose_a else 1
+        contract_b = 1 if transpose_b else 0
+        return jax.lax.dot_general(
+            a, b, (((contract_a,), (contract_b,)), ((), ())), preferred_element_type=jnp.float32
+        )
+    a = keras.ops.cast(a, "float32")
+    b = keras.ops.cast(b, "float32")
+    if transpose_a:
+        a = keras.ops.transpose(a)
+    if transpose_b:
+        b = keras.ops.transpose(b)
+    return keras.ops.matmul(a, b)
+
+
+def pad_rows(x, multiple):
+    """Pads `x` with zero rows up to a multiple of `multiple`.
+
+    Returns `(padded, num_blocks)`; both are static when `x`'s first dimension
+    is, and tensors (TensorFlow graphs with an unknown batch size) otherwise.
+    """
+    rows = x.shape[0]
+    if rows is not None:
+        pad = -rows % multiple
+        padded = keras.ops.pad(x, [[0, pad], [0, 0]]) if pad else x
+        return padded, (rows + pad) // multiple
+    import tensorflow as tf  # only TensorFlow traces with unknown dimensions
+
+    rows = tf.shape(x)[0]
+    pad = tf.math.floormod(-rows, multiple)
+    return tf.pad(x, [[0, pad], [0, 0]]), (rows + pad) // multiple
+
+
+def write_rows(buffer, start, rows):
+    """`buffer[start:start + len(rows)] = rows`, in place where possible; returns the buffer."""
+    if BACKEND == "torch":
+        buffer[start : start + rows.shape[0]] = rows  # runs under no_grad, inside the custom gradient
+        return buffer
+    return keras.ops.slice_update(buffer, [start, 0], rows)
+
+
+def add_rows(buffer, start, rows):
+    """`buffer[start:start + len(rows)] += rows`; returns the buffer."""
+    if BACKEND == "torch":
+        buffer[start : start + rows.shape[0]] += rows
+        return buffer
+    current = keras.ops.slice(buffer, [start, 0], keras.ops.shape(rows))
+    return keras.ops.slice_update(buffer, [start, 0], current + rows)
+
+
+def process_index_and_count():
+    """`(index, count)` of this process in a multi-host job; `(0, 1)` on one host.
+
+    The readers in `keras_siglip.data` use it to give each host its own shard.
+    """
+    if BACKEND == "jax":
+        import jax
+
+        return jax.process_index(), jax.process_count()
+    if BACKEND == "torch":
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+    return 0, 1

@@ -108,6 +108,26 @@ class SigLIP(keras.Model):
         )
         return cls(image_encoder, text_encoder, dtype=dtype, **kwargs)
 
+    @staticmethod
+    def get_layout_map(device_mesh, model_dim="model", batch_dim="batch"):
+        """A `keras.distribution.LayoutMap` splitting both towers' large weights over a mesh.
+
+        See `keras_siglip.distribution.get_layout_map`. Build the model inside the
+        distribution's scope: SigLIP creates its weights at construction.
+
+        Example:
+        >>> import keras  # doctest: +SKIP
+        >>> mesh = keras.distribution.DeviceMesh((2, 4), ("batch", "model"),
+        ...                                      keras.distribution.list_devices())
+        >>> strategy = keras.distribution.ModelParallel(
+        ...     layout_map=SigLIP.get_layout_map(mesh), batch_dim_name="batch")
+        >>> with strategy.scope():
+        ...     model = SigLIP.from_variant("B")
+        """
+        from keras_siglip import distribution
+
+        return distribution.get_layout_map(device_mesh, model_dim=model_dim, batch_dim=batch_dim)
+
     # -- forward ---------------------------------------------------------
 
     def encode_images(self, images, training=None):
@@ -260,6 +280,44 @@ class SigLIP(keras.Model):
         return self.predict_function
 
     # -- serialisation ------------------------------------------------------
+
+    @classmethod
+    def from_preset(cls, handle, load_weights=True, dtype=None):
+        """A SigLIP from a built-in preset name, a preset folder or a checkpoint handle.
+
+        Accepts a name from `keras_siglip.list_presets()`, a folder written by
+        `save_to_preset`, a transformers SigLIP folder or `hf://` handle, a
+        keras-hub SigLIP preset (folder, `kaggle://` handle or keras-hub name) and
+        a big_vision `.npz`; see `keras_siglip.presets`. `load_weights=False`
+        builds the architecture only.
+
+        Example:
+        >>> model = SigLIP.from_preset("siglip_tiny_patch4_16")
+        >>> model.count_params()
+        48258
+        """
+        from keras_siglip import presets
+
+        return presets.from_preset(handle, load_weights=load_weights, dtype=dtype)
+
+    def save_to_preset(self, preset_dir, tokenizer=None, image_converter=None):
+        """Writes config.json, metadata.json and model.weights.h5 (keras-hub's layout) to `preset_dir`.
+
+        A `tokenizer` and `image_converter` given here are saved alongside, with
+        their assets, and come back from `keras_siglip.presets.load_preset`.
+
+        Example:
+        >>> import tempfile
+        >>> model = SigLIP.from_preset("siglip_tiny_patch4_16")
+        >>> folder = tempfile.mkdtemp()
+        >>> model.save_to_preset(folder)
+        >>> SigLIP.from_preset(folder).count_params()
+        48258
+        """
+        from keras_siglip import presets
+
+        presets.save_preset(preset_dir, self, tokenizer=tokenizer, image_converter=image_converter)
+
 
     def get_config(self):
         config = super().get_config()

@@ -6,11 +6,14 @@ from keras import ops
 from keras_siglip import backend
 
 
-def prepare_embeddings(image_embeddings, text_embeddings, log_temperature, bias):
+def prepare_embeddings(image_embeddings, text_embeddings, log_temperature, bias, cast=True):
     """Validates shapes and casts everything to float32 scalars and matrices.
 
     The loss is always computed in float32, whatever the embeddings' dtype
-    (under `mixed_bfloat16` they arrive as bfloat16).
+    (under `mixed_bfloat16` they arrive as bfloat16). With `cast=False` the
+    embeddings keep a floating dtype of their own (the blockwise loss on JAX
+    multiplies bfloat16 directly, accumulating in float32); the scalars are
+    still cast.
     """
     image_shape = tuple(image_embeddings.shape)
     text_shape = tuple(text_embeddings.shape)
@@ -29,8 +32,12 @@ def prepare_embeddings(image_embeddings, text_embeddings, log_temperature, bias)
             f"Image and text embeddings must have the same width; got {image_shape[1]} "
             f"and {text_shape[1]}."
         )
-    image_embeddings = ops.cast(image_embeddings, "float32")
-    text_embeddings = ops.cast(text_embeddings, "float32")
+    image_embeddings = ops.convert_to_tensor(image_embeddings)
+    text_embeddings = ops.convert_to_tensor(text_embeddings)
+    dtype = keras.backend.standardize_dtype(image_embeddings.dtype)
+    if cast or dtype != keras.backend.standardize_dtype(text_embeddings.dtype) or dtype not in _KEPT_DTYPES:
+        image_embeddings = ops.cast(image_embeddings, "float32")
+        text_embeddings = ops.cast(text_embeddings, "float32")
     if None in (image_shape[0], text_shape[0]):
         image_embeddings, text_embeddings = backend.check(
             ops.equal(ops.shape(image_embeddings)[0], ops.shape(text_embeddings)[0]),
@@ -41,6 +48,9 @@ def prepare_embeddings(image_embeddings, text_embeddings, log_temperature, bias)
     log_temperature = _scalar(log_temperature, "log_temperature")
     bias = _scalar(bias, "bias")
     return image_embeddings, text_embeddings, log_temperature, bias
+
+
+_KEPT_DTYPES = ("bfloat16", "float16", "float32")
 
 
 def _scalar(value, name):

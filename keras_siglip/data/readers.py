@@ -1,0 +1,374 @@
+"""Readers: image-caption files to batched `{"images", "token_ids"}` `tf.data` pipelines.
+
+Three layouts, one pipeline:
+
+- `read_manifest`: a CSV/TSV or JSONL file with an image path and a caption per row;
+- `read_tar_shards`: webdataset-style tar shards as img2dataset writes them
+  (`key.jpg` + `key.txt` per sample, consecutive in the archive);
+- `read_tfrecords`: img2dataset's TFRecord shards (`jpg` and `txt` bytes features).
+
+Every reader gives each host its own shard of the files (or rows), shuffles
+(file order and a sample buffer), decodes and pre-processes images in parallel,
+skips any image that cannot be read or decoded (counted in a `SkippedImages`
+report and announced with a warning that names the first few), tokenises the
+captions of each batch, batches with `drop_remainder` and prefetches. The
+result feeds `SigLIP.fit` on JAX, TensorFlow and PyTorch alike.
+"""
+
+import csv
+import json
+import os
+import tarfile
+import threading
+import warnings
+
+import tensorflow as tf
+
+from keras_siglip import backend
+
+AUTOTUNE = tf.data.AUTOTUNE
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "bmp", "webp")
+
+
+class SkippedImages:
+    """A running count of the images a reader could not use, with the first few names.
+
+    A warning is issued at the 1st, 10th, 100th... skipped image, so a broken
+    data set is noticed at once and a few bad files do not flood the log.
+
+    Args:
+        keep: how many names to keep for the report.
+
+    Example:
+    >>> skipped = SkippedImages()
+    >>> skipped.add("missing.jpg")  # doctest: +SKIP
+    >>> skipped.count, skipped.names
+    (1, ['missing.jpg'])
+    """
+
+    def __init__(self, keep=5):
+        self.keep = keep
+        self.count = 0
+        self.names = []
+        self._lock = threading.Lock()
+
+    def add(self, name):
+        with self._lock:
+            self.count += 1
+            if len(self.names) < self.keep:
+                self.names.append(name)
+            count, names = self.count, list(self.names)
+        if _is_power_of_ten(count):
+            warnings.warn(
+                f"keras_siglip.data skipped {count} image(s) that could not be read or decoded "
+                f"so far; the first: {', '.join(names)}.",
+                stacklevel=2,
+            )
+
+    def __repr__(self):
+        return f"SkippedImages(count={self.count}, names={self.names})"
+
+
+def _is_power_of_ten(n):
+    while n >= 10 and n % 10 == 0:
+        n //= 10
+    return n == 1
+
+
+# -- sources: each yields {"name", "image" (bytes or a path), "caption"} ------------
+
+
+def read_manifest(path, tokenizer, image_preprocessor, batch_size, *, image_root=None,
+                  image_column="image", caption_column="caption", **options):
+    """Batches from a CSV/TSV (header row) or JSONL manifest of image paths and captions.
+
+    Args:
+        path: the manifest; `.csv`, `.tsv` or `.jsonl`/`.json` (one object per line).
+        tokenizer: a `SigLIPTokenizer` (or any callable on a batch of strings).
+        image_preprocessor: a `SigLIPImagePreprocessor`.
+        batch_size: int. Pairs per batch.
+        image_root: folder that relative image paths start from; default the
+            manifest's folder.
+        image_column: column / key holding the image path.
+        caption_column: column / key holding the caption.
+        **options: the pipeline options of `make_pipeline` (`training`,
+            `shuffle_buffer`, `seed`, `deterministic`, `drop_remainder`,
+            `shard`, `skipped`).
+
+    Returns:
+        A `tf.data.Dataset` of `{"images": float32 (B, S, S, 3), "token_ids": int32 (B, L)}`.
+
+    Example:
+    >>> ds = read_manifest("pairs.csv", tokenizer, SigLIPImagePreprocessor(224), 256)  # doctest: +SKIP
+    >>> model.fit(ds, epochs=1)  # doctest: +SKIP
+    """
+    rows = _read_manifest_rows(path, image_column, caption_column)
+    root = image_root if image_root is not None else os.path.dirname(os.path.abspath(path))
+    paths = [p if os.path.isabs(p) else os.path.join(root, p) for p, _ in rows]
+    source = tf.data.Dataset.from_tensor_slices(
+        {"name": paths, "image": paths, "caption": [c for _, c in rows]}
+    )
+    index, count = _shard(options.get("shard"))
+    source = source.shard(count, index) if count > 1 else source
+    return make_pipeline(source, tokenizer, image_preprocessor, batch_size, image_is_path=True,
+                         **_without(options, "shard"))
+
+
+def _read_manifest_rows(path, image_column, caption_column):
+    if not os.path.exists(path):
+        raise ValueError(f"Manifest {path!r} does not exist.")
+    extension = os.path.splitext(path)[1].lower()
+    with open(path, newline="", encoding="utf-8") as file:
+        if extension in (".jsonl", ".json"):
+            records = [json.loads(line) for line in file if line.strip()]
+        elif extension in (".csv", ".tsv"):
+            records = list(csv.DictReader(file, delimiter="\t" if extension == ".tsv" else ","))
+        else:
+            raise ValueError(f"Manifest {path!r} must end in .csv, .tsv, .jsonl or .json.")
+    if not records:
+        raise ValueError(f"Manifest {path!r} has no rows.")
+    missing = [key for key in (image_column, caption_column) if key not in records[0]]
+    if missing:
+        raise ValueError(
+            f"Manifest {path!r} has no column {missing}; its columns are {sorted(records[0])}. "
+            "Pass image_column= / caption_column=."
+        )
+    return [(str(r[image_column]), "" if r[caption_column] is None else str(r[caption_column])) for r in records]
+
+
+def read_tar_shards(shards, tokenizer, image_preprocessor, batch_size, *, caption_extension="txt",
+                    image_extensions=IMAGE_EXTENSIONS, **options):
+    """Batches from webdataset-style tar shards (img2dataset's `webdataset` output).
+
+    A sample is the run of consecutive members sharing a key (the file name up
+    to its first dot): `000010.jpg`, `000010.txt`, `000010.json`. A sample
+    without an image is skipped and counted; one without a caption gets "".
+
+    Args:
+        shards: a glob pattern, or a list of tar paths.
+        tokenizer, image_preprocessor, batch_size, **options: as in `read_manifest`.
+        caption_extension: extension of the caption member.
+        image_extensions: extensions accepted as the image member.
+
+    Example:
+    >>> ds = read_tar_shards("data/{00000..00009}.tar", ...)  # doctest: +SKIP
+    """
+    files = _list_files(shards, "tar")
+    skipped = options.setdefault("skipped", SkippedImages())
+    extensions = tuple(e.lower() for e in image_extensions)
+
+    def samples(shard):
+        shard = shard.decode() if isinstance(shard, bytes) else shard
+        for name, image, caption in _tar_samples(shard, caption_extension, extensions, skipped):
+            yield {"name": name, "image": image, "caption": caption}
+
+    spec = {key: tf.TensorSpec([], tf.string) for key in ("name", "image", "caption")}
+
+    def open_shard(shard):
+        return tf.data.Dataset.from_generator(samples, args=(shard,), output_signature=spec)
+
+    source = _interleave_files(files, open_shard, options)
+    return make_pipeline(source, tokenizer, image_preprocessor, batch_size, **_without(options, "shard"))
+
+
+def _tar_samples(shard, caption_extension, image_extensions, skipped):
+    key, image, caption = None, None, b""
+
+    def finish():
+        if key is None:
+            return None
+        if image is None:
+            skipped.add(f"{shard}:{key} (no image)")
+            return None
+        return f"{shard}:{key}", image, caption
+
+    try:
+        with tarfile.open(shard, "r|*") as archive:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                base = os.path.basename(member.name)
+                stem, _, extension = base.partition(".")
+                member_key = os.path.join(os.path.dirname(member.name), stem)
+                if member_key != key:
+                    sample = finish()
+                    if sample:
+                        yield sample
+                    key, image, caption = member_key, None, b""
+                extension = extension.lower()
+                if extension in image_extensions:
+                    image = archive.extractfile(member).read()
+                elif extension == caption_extension:
+                    caption = archive.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as error:
+        skipped.add(f"{shard} (unreadable after key {key}: {error})")
+        return
+    sample = finish()
+    if sample:
+        yield sample
+
+
+def read_tfrecords(shards, tokenizer, image_preprocessor, batch_size, *, image_feature="jpg",
+                   caption_feature="txt", key_feature="key", **options):
+    """Batches from TFRecord shards of `tf.train.Example`s (img2dataset's `tfrecord` output).
+
+    Args:
+        shards: a glob pattern, or a list of `.tfrecord` paths.
+        tokenizer, image_preprocessor, batch_size, **options: as in `read_manifest`.
+        image_feature: bytes feature with the encoded image (img2dataset names
+            it after the encode format: `jpg`, `png`, `webp`).
+        caption_feature: bytes feature with the caption.
+        key_feature: bytes feature naming the sample in reports.
+
+    Example:
+    >>> ds = read_tfrecords("data/*.tfrecord", ...)  # doctest: +SKIP
+    """
+    files = _list_files(shards, "tfrecord")
+    features = {
+        image_feature: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        caption_feature: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        key_feature: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    }
+
+    def parse(record):
+        example = tf.io.parse_single_example(record, features)
+        return {"name": example[key_feature], "image": example[image_feature], "caption": example[caption_feature]}
+
+    source = _interleave_files(files, tf.data.TFRecordDataset, options).map(parse, num_parallel_calls=AUTOTUNE)
+    return make_pipeline(source, tokenizer, image_preprocessor, batch_size, **_without(options, "shard"))
+
+
+def _list_files(shards, kind):
+    if isinstance(shards, (str, os.PathLike)):
+        files = sorted(tf.io.gfile.glob(os.fspath(shards)))
+        if not files:
+            raise ValueError(f"No {kind} shard matches {os.fspath(shards)!r}.")
+    else:
+        files = [os.fspath(f) for f in shards]
+        if not files:
+            raise ValueError(f"The list of {kind} shards is empty.")
+        absent = [f for f in files if not tf.io.gfile.exists(f)]
+        if absent:
+            raise ValueError(f"{len(absent)} {kind} shard(s) do not exist, e.g. {absent[:3]}.")
+    return files
+
+
+def _interleave_files(files, open_file, options):
+    """Each host's files (or, with fewer files than hosts, its share of samples), read in parallel."""
+    index, count = _shard(options.get("shard"))
+    by_file = count > 1 and len(files) >= count
+    if by_file:
+        files = files[index::count]
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if options.get("training", True) and len(files) > 1:
+        dataset = dataset.shuffle(len(files), seed=options.get("seed"), reshuffle_each_iteration=True)
+    dataset = dataset.interleave(
+        open_file,
+        cycle_length=min(len(files), 8),
+        num_parallel_calls=min(len(files), 8),
+        deterministic=options.get("deterministic", False),
+    )
+    if count > 1 and not by_file:
+        dataset = dataset.shard(count, index)
+    return dataset
+
+
+def _shard(shard):
+    index, count = backend.process_index_and_count() if shard is None else shard
+    if not (isinstance(count, int) and isinstance(index, int) and 0 <= index < count):
+        raise ValueError(f"`shard` must be (index, count) with 0 <= index < count; got {shard!r}.")
+    return index, count
+
+
+def _without(options, *keys):
+    return {k: v for k, v in options.items() if k not in keys}
+
+
+# -- the shared pipeline ------------------------------------------------------------
+
+
+def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training=True,
+                  shuffle_buffer=5_000, seed=None, deterministic=False, drop_remainder=True,
+                  skipped=None, image_is_path=False):
+    """Decode, augment, tokenise, batch and prefetch a dataset of samples.
+
+    Args:
+        source: a `tf.data.Dataset` of `{"name", "image", "caption"}` strings,
+            `image` holding encoded bytes (or a file path with `image_is_path`).
+        tokenizer: callable on a batch of strings returning `(B, L)` ids.
+        image_preprocessor: a `SigLIPImagePreprocessor`.
+        batch_size: int.
+        training: bool. Shuffle and augment (as the preprocessor is configured).
+        shuffle_buffer: int. Samples in the shuffle buffer (0: no shuffle).
+        seed: int or `None`. Makes shuffling and augmentation repeatable.
+        deterministic: bool. Also fix the order in which parallel work is
+            delivered, so two runs with the same seed see identical batches
+            (somewhat slower). Needs `seed` when training.
+        drop_remainder: bool. Drop the last, smaller batch (needed for a
+            static batch size under `jit` and distribution).
+        skipped: a `SkippedImages` to count unreadable images in (a fresh one
+            by default; it is also the dataset's `skipped_images` attribute).
+        image_is_path: bool. `image` is a path to read.
+
+    Returns:
+        A `tf.data.Dataset` of `{"images", "token_ids"}` batches.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int; got {batch_size!r}.")
+    if deterministic and training and seed is None:
+        raise ValueError("deterministic=True needs a `seed` when training (for shuffling and augmentation).")
+    skipped = SkippedImages() if skipped is None else skipped
+    augment = training and image_preprocessor.augments
+    size = tuple(image_preprocessor.image_size)
+
+    if training and shuffle_buffer:
+        source = source.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if augment:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        source = tf.data.Dataset.zip((source, seeds.batch(2)))
+    else:
+        source = source.map(lambda sample: (sample, tf.zeros([2], tf.int64)))
+
+    def load(sample, seed_pair):
+        encoded = tf.io.read_file(sample["image"]) if image_is_path else sample["image"]
+        image = image_preprocessor.preprocess_encoded(encoded, training=augment, seed=seed_pair)
+        return {"images": tf.ensure_shape(image, size + (3,)), "caption": sample["caption"],
+                "name": sample["name"], "ok": tf.constant(True)}
+
+    def load_or_flag(sample, seed_pair):
+        # An error inside `load` drops that one-element dataset; the flagged
+        # placeholder behind it then comes out instead, so no error escapes.
+        loaded = tf.data.Dataset.from_tensors((sample, seed_pair)).map(load).ignore_errors()
+        failed = tf.data.Dataset.from_tensors(
+            {"images": tf.zeros(size + (3,)), "caption": sample["caption"], "name": sample["name"],
+             "ok": tf.constant(False)}
+        )
+        return loaded.concatenate(failed).take(1)
+
+    def record_failure(name):
+        skipped.add(name.numpy().decode("utf-8", "replace"))
+        return False
+
+    def keep(element):
+        return tf.cond(
+            element["ok"],
+            lambda: tf.constant(True),
+            lambda: tf.py_function(record_failure, [element["name"]], tf.bool),
+        )
+
+    dataset = source.interleave(load_or_flag, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    dataset = dataset.filter(keep)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE,
+                            deterministic=deterministic)
+
+    def to_inputs(batch):
+        token_ids = tokenizer(batch["caption"])
+        return {"images": batch["images"], "token_ids": token_ids}
+
+    dataset = dataset.map(to_inputs, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    dataset = dataset.prefetch(AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    dataset = dataset.with_options(options)
+    dataset.skipped_images = skipped
+    return dataset

@@ -1,0 +1,398 @@
+"""Zero-shot classification, image-text retrieval, and callbacks that run them during `fit`.
+
+The metric functions take embeddings (NumPy or backend arrays) and return
+plain floats, so they are the same on every backend. Ties are counted against
+the model: a wrong class (or caption, or image) that scores exactly as high as
+the right one ranks above it, so a collapsed model whose embeddings are all
+equal scores 0, never a lucky index order.
+"""
+
+import weakref
+
+import keras
+import numpy as np
+
+from keras_siglip.templates import DEFAULT_TEMPLATES
+
+
+def _to_numpy(x):
+    return np.asarray(keras.ops.convert_to_numpy(x), "float32")
+
+
+def _check_ks(ks):
+    ks = tuple(ks)
+    if not ks or any(not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
+        raise ValueError(f"ks must be positive ints; got {ks!r}.")
+    return ks
+
+
+class _NormalizedTower(keras.Model):
+    """One tower of a SigLIP followed by its L2 normalisation, as a model of its own.
+
+    Encoding through `predict` runs a compiled forward pass on every backend
+    (one `jit` per input shape on JAX instead of one per op), with the tower's
+    current weights.
+    """
+
+    def __init__(self, encode, **kwargs):
+        super().__init__(**kwargs)
+        self.encode = encode
+
+    def call(self, inputs):
+        return self.encode(inputs, training=False)
+
+
+_towers = weakref.WeakKeyDictionary()
+
+
+def _tower(model, kind):
+    if model not in _towers:
+        _towers[model] = {
+            "images": _NormalizedTower(model.encode_images, name="image_tower"),
+            "texts": _NormalizedTower(model.encode_texts, name="text_tower"),
+        }
+    return _towers[model][kind]
+
+
+def encode_images(model, images, batch_size=256):
+    """L2-normalised image embeddings `(N, dim)` as NumPy.
+
+    Example:
+    >>> embeddings = encode_images(model, images)  # doctest: +SKIP
+    """
+    images = np.asarray(images, "float32")
+    if len(images) == 0:
+        raise ValueError("encode_images got no images.")
+    return _to_numpy(_tower(model, "images").predict(images, batch_size=batch_size, verbose=0))
+
+
+def encode_texts(model, tokenizer, texts, batch_size=256):
+    """L2-normalised text embeddings `(N, dim)` of a list of strings.
+
+    `tokenizer` maps a list of strings to int token ids `(batch, length)`
+    (a `keras_siglip.SigLIPTokenizer`, or any callable).
+    """
+    texts = list(texts)
+    if not texts or not all(isinstance(text, str) for text in texts):
+        raise ValueError("encode_texts needs a non-empty list of strings.")
+    token_ids = np.asarray(keras.ops.convert_to_numpy(tokenizer(texts)), "int32")
+    return _to_numpy(_tower(model, "texts").predict(token_ids, batch_size=batch_size, verbose=0))
+
+
+def class_embeddings_from_prompts(prompt_embeddings, prompts_per_class):
+    """Average each class's prompt embeddings and re-normalise: `(classes, dim)`.
+
+    Args:
+        prompt_embeddings: `(sum(prompts_per_class), dim)`, grouped by class.
+        prompts_per_class: list of int.
+    """
+    prompt_embeddings = _to_numpy(prompt_embeddings)
+    bounds = np.cumsum([0, *prompts_per_class])
+    if bounds[-1] != len(prompt_embeddings) or min(prompts_per_class) < 1:
+        raise ValueError(
+            f"Got {len(prompt_embeddings)} prompt embeddings for classes with "
+            f"{list(prompts_per_class)} prompts; every class needs at least one."
+        )
+    means = np.stack([prompt_embeddings[a:b].mean(axis=0) for a, b in zip(bounds[:-1], bounds[1:])])
+    return means / (np.linalg.norm(means, axis=-1, keepdims=True) + 1e-8)
+
+
+def top_k_accuracy(scores, labels, ks=(1, 5)):
+    """Share of rows whose true class is among the k highest scores, per k.
+
+    A true class is in the top k when fewer than k other classes score at
+    least as high as it (ties count against it).
+
+    Args:
+        scores: `(N, classes)`.
+        labels: int `(N,)`.
+        ks: the k values; k above the number of classes is allowed (always 1.0).
+
+    Returns:
+        `{k: accuracy}`.
+
+    Example:
+    >>> top_k_accuracy([[0.1, 0.9], [0.5, 0.5]], [1, 0], ks=(1, 2))
+    {1: 0.5, 2: 1.0}
+    """
+    scores = _to_numpy(scores)
+    labels = np.asarray(labels)
+    ks = _check_ks(ks)
+    if scores.ndim != 2 or labels.shape != (scores.shape[0],):
+        raise ValueError(
+            f"scores must be (N, classes) and labels (N,); got {scores.shape} and {labels.shape}."
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= scores.shape[1]):
+        raise ValueError(f"labels must lie in [0, {scores.shape[1]}); got {labels.min()}..{labels.max()}.")
+    true_scores = scores[np.arange(len(labels)), labels][:, None]
+    others_at_least = (scores >= true_scores).sum(axis=1) - 1
+    return {k: float(np.mean(others_at_least < k)) for k in ks}
+
+
+def _recall(scores, relevance, ks):
+    """Per row: a hit at k when fewer than k irrelevant columns score at least the best relevant one."""
+    if not relevance.any(axis=1).all():
+        raise ValueError("Every query needs at least one relevant item; some row of relevance is empty.")
+    best_relevant = np.where(relevance, scores, -np.inf).max(axis=1, keepdims=True)
+    rank = ((scores >= best_relevant) & ~relevance).sum(axis=1)
+    return {k: float(np.mean(rank < k)) for k in ks}
+
+
+def retrieval_recall(image_embeddings, text_embeddings, text_image_ids=None, relevance=None,
+                     ks=(1, 5, 10)):
+    """Recall@k for image->text and text->image retrieval.
+
+    Image->text: an image is a hit at k when any of its captions is among the
+    k best-scored texts. Text->image: a caption is a hit when (one of) its
+    image(s) is among the k best-scored images. Ties count against the hit.
+
+    Args:
+        image_embeddings: `(images, dim)`.
+        text_embeddings: `(texts, dim)`.
+        text_image_ids: int `(texts,)`: the image each text describes (several
+            texts may share an image, as COCO's five captions).
+        relevance: alternatively a boolean `(images, texts)` matrix, for texts
+            that describe several images (class-level captions).
+        ks: the k values.
+
+    Returns:
+        `{"image_to_text": {k: recall}, "text_to_image": {k: recall}}`.
+
+    Example:
+    >>> import numpy as np
+    >>> images = np.eye(2, dtype="float32")
+    >>> texts = np.array([[1, 0], [0.6, 0.8], [0, 1]], "float32")
+    >>> retrieval_recall(images, texts, text_image_ids=[0, 0, 1], ks=(1,))
+    {'image_to_text': {1: 1.0}, 'text_to_image': {1: 0.6666666666666666}}
+    """
+    ks = _check_ks(ks)
+    image_embeddings = _to_numpy(image_embeddings)
+    text_embeddings = _to_numpy(text_embeddings)
+    num_images, num_texts = len(image_embeddings), len(text_embeddings)
+    if (text_image_ids is None) == (relevance is None):
+        raise ValueError("Pass exactly one of text_image_ids and relevance.")
+    if relevance is None:
+        text_image_ids = np.asarray(text_image_ids)
+        if text_image_ids.shape != (num_texts,):
+            raise ValueError(
+                f"text_image_ids needs one image index per text ({num_texts}); got shape "
+                f"{text_image_ids.shape}."
+            )
+        if num_texts and (text_image_ids.min() < 0 or text_image_ids.max() >= num_images):
+            raise ValueError(f"text_image_ids must lie in [0, {num_images}).")
+        relevance = np.zeros((num_images, num_texts), bool)
+        relevance[text_image_ids, np.arange(num_texts)] = True
+    relevance = np.asarray(relevance, bool)
+    if relevance.shape != (num_images, num_texts):
+        raise ValueError(
+            f"relevance must have shape (images, texts) = {(num_images, num_texts)}; got {relevance.shape}."
+        )
+    scores = image_embeddings @ text_embeddings.T
+    return {
+        "image_to_text": _recall(scores, relevance, ks),
+        "text_to_image": _recall(scores.T, relevance.T, ks),
+    }
+
+
+class ZeroShotClassifier:
+    """Classifies images by their similarity to prompts built from class names.
+
+    Every (class, template) text is embedded; a class's embedding is the
+    re-normalised mean of its prompts; an image is assigned the class of
+    highest cosine similarity.
+
+    Args:
+        model: a `keras_siglip.SigLIP` (anything with `encode_images` and
+            `encode_texts`).
+        tokenizer: maps a list of strings to token ids.
+        class_names: list of str, formatted into `templates`.
+        templates: format strings with one `{}`; default the 80 CLIP templates
+            plus `"{}"`.
+        class_prompts: alternatively, per class a list of ready prompts
+            (for names that need more than one slot, or another language).
+        batch_size: int, for encoding.
+
+    Class embeddings are computed on first use and again after `refresh()`
+    (the callbacks call it, since training changes the text tower).
+
+    Example:
+    >>> classifier = ZeroShotClassifier(model, tokenizer, ["cat", "dog"])  # doctest: +SKIP
+    >>> classifier.evaluate(images, labels)  # doctest: +SKIP
+    {'top1': 0.93, 'top5': 1.0}
+    """
+
+    def __init__(self, model, tokenizer, class_names=None, templates=DEFAULT_TEMPLATES,
+                 class_prompts=None, batch_size=256):
+        if (class_names is None) == (class_prompts is None):
+            raise ValueError("Pass exactly one of class_names and class_prompts.")
+        if class_prompts is None:
+            templates = list(templates)
+            bad = [t for t in templates if not isinstance(t, str) or t.count("{}") != 1]
+            if not templates or bad:
+                raise ValueError(f"Each template needs exactly one '{{}}'; got {bad or templates!r}.")
+            class_prompts = [[template.format(name) for template in templates] for name in class_names]
+        class_prompts = [list(prompts) for prompts in class_prompts]
+        if len(class_prompts) < 2 or not all(class_prompts):
+            raise ValueError("A zero-shot classifier needs at least two classes, each with a prompt.")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.class_prompts = class_prompts
+        self.batch_size = batch_size
+        self.class_embeddings = None
+
+    @property
+    def num_classes(self):
+        return len(self.class_prompts)
+
+    def refresh(self):
+        """Re-embeds the prompts with the model's current weights."""
+        prompts = [prompt for class_prompts in self.class_prompts for prompt in class_prompts]
+        embeddings = encode_texts(self.model, self.tokenizer, prompts, self.batch_size)
+        self.class_embeddings = class_embeddings_from_prompts(
+            embeddings, [len(p) for p in self.class_prompts]
+        )
+        return self.class_embeddings
+
+    def scores(self, images=None, image_embeddings=None):
+        """Cosine similarity `(N, classes)` of images (or their embeddings) to each class."""
+        if self.class_embeddings is None:
+            self.refresh()
+        if image_embeddings is None:
+            image_embeddings = encode_images(self.model, images, self.batch_size)
+        return _to_numpy(image_embeddings) @ self.class_embeddings.T
+
+    def predict(self, images):
+        """The predicted class index of each image."""
+        return self.scores(images).argmax(axis=1)
+
+    def evaluate(self, images, labels, ks=(1, 5), image_embeddings=None):
+        """`{"top1": ..., "top5": ...}` on labelled images, with fresh class embeddings."""
+        self.refresh()
+        accuracy = top_k_accuracy(self.scores(images, image_embeddings), labels, ks)
+        return {f"top{k}": value for k, value in accuracy.items()}
+
+
+class _PeriodicEvaluation(keras.callbacks.Callback):
+    """Runs `self.evaluate()` every N epochs or steps and puts its results in `logs`.
+
+    The latest results stay in every later batch's and epoch's logs, so the
+    progress bar, `History` and a `TensorBoard` callback placed after this one
+    record them like any metric.
+    """
+
+    def __init__(self, every_n_epochs=1, every_n_steps=None, prefix=""):
+        super().__init__()
+        if every_n_steps is not None and (not isinstance(every_n_steps, int) or every_n_steps < 1):
+            raise ValueError(f"every_n_steps must be a positive int or None; got {every_n_steps!r}.")
+        if every_n_epochs is not None and (not isinstance(every_n_epochs, int) or every_n_epochs < 1):
+            raise ValueError(f"every_n_epochs must be a positive int or None; got {every_n_epochs!r}.")
+        if every_n_steps is None and every_n_epochs is None:
+            raise ValueError("Set every_n_epochs or every_n_steps.")
+        self.every_n_epochs = every_n_epochs
+        self.every_n_steps = every_n_steps
+        self.prefix = prefix
+        self.latest = {}
+        self._step = 0
+
+    def evaluate(self):
+        raise NotImplementedError
+
+    def _run(self, logs):
+        self.latest = {f"{self.prefix}{key}": value for key, value in self.evaluate().items()}
+        if logs is not None:
+            logs.update(self.latest)
+
+    def on_train_begin(self, logs=None):
+        self._step = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        if self.every_n_steps and self._step % self.every_n_steps == 0:
+            self._run(logs)
+        elif logs is not None:
+            logs.update(self.latest)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0:
+            self._run(logs)
+        elif logs is not None:
+            logs.update(self.latest)
+
+
+class ZeroShotCallback(_PeriodicEvaluation):
+    """Logs zero-shot top-k accuracy during `fit` (keys `{prefix}top1`, `{prefix}top5`).
+
+    Args:
+        classifier: a `ZeroShotClassifier` over the same model.
+        images: float32 images in [-1, 1].
+        labels: int class of each image.
+        ks: the k values.
+        every_n_epochs: int or None.
+        every_n_steps: int or None (both may be set).
+        prefix: str, prepended to each key (default `"zero_shot_"`).
+
+    Example:
+    >>> callback = ZeroShotCallback(ZeroShotClassifier(model, tokenizer, names),
+    ...                             images, labels, every_n_steps=100)  # doctest: +SKIP
+    >>> model.fit(batches, callbacks=[callback])  # doctest: +SKIP
+    """
+
+    def __init__(self, classifier, images, labels, ks=(1, 5), every_n_epochs=1, every_n_steps=None,
+                 prefix="zero_shot_"):
+        super().__init__(every_n_epochs, every_n_steps, prefix)
+        if len(images) != len(labels):
+            raise ValueError(f"Got {len(images)} images and {len(labels)} labels.")
+        self.classifier = classifier
+        self.images = images
+        self.labels = np.asarray(labels)
+        self.ks = _check_ks(ks)
+
+    def evaluate(self):
+        self.model  # On JAX, reading `model` syncs the training state into the variables.
+        return self.classifier.evaluate(self.images, self.labels, self.ks)
+
+
+class RetrievalCallback(_PeriodicEvaluation):
+    """Logs image->text and text->image Recall@k during `fit`.
+
+    Keys: `{prefix}i2t_r{k}` and `{prefix}t2i_r{k}`.
+
+    Args:
+        tokenizer: maps a list of strings to token ids.
+        images: float32 images in [-1, 1].
+        texts: list of str.
+        text_image_ids: int per text, the image it describes; or
+        relevance: boolean `(images, texts)` matrix (see `retrieval_recall`).
+        ks: the k values.
+        every_n_epochs, every_n_steps: when to run (both may be set).
+        prefix: str (default `"retrieval_"`).
+        batch_size: int, for encoding.
+
+    Example:
+    >>> callback = RetrievalCallback(tokenizer, images, captions,
+    ...                              text_image_ids=owner, every_n_epochs=1)  # doctest: +SKIP
+    """
+
+    def __init__(self, tokenizer, images, texts, text_image_ids=None, relevance=None, ks=(1, 5, 10),
+                 every_n_epochs=1, every_n_steps=None, prefix="retrieval_", batch_size=256):
+        super().__init__(every_n_epochs, every_n_steps, prefix)
+        self.tokenizer = tokenizer
+        self.images = images
+        self.texts = list(texts)
+        self.text_image_ids = text_image_ids
+        self.relevance = relevance
+        self.ks = _check_ks(ks)
+        self.batch_size = batch_size
+
+    def evaluate(self):
+        model = self.model  # syncs the JAX training state
+        recall = retrieval_recall(
+            encode_images(model, self.images, self.batch_size),
+            encode_texts(model, self.tokenizer, self.texts, self.batch_size),
+            text_image_ids=self.text_image_ids,
+            relevance=self.relevance,
+            ks=self.ks,
+        )
+        logs = {f"i2t_r{k}": v for k, v in recall["image_to_text"].items()}
+        logs.update({f"t2i_r{k}": v for k, v in recall["text_to_image"].items()})
+        return logs

@@ -1,0 +1,147 @@
+"""keras-hub `SigLIPBackbone` presets, loaded by keras-hub itself and re-mapped.
+
+keras-hub reads its own handles (`kaggle://`, `hf://`, local folders), so the
+backbone comes from `keras_hub.models.SigLIPBackbone.from_preset`; its weights
+are then named by where they sit in the backbone (`vision/encoder_block_0/...`),
+independent of the layer-name prefixes keras-hub derives from model names.
+"""
+
+import numpy as np
+
+from keras_siglip.presets.checkpoint import Rule, identity, scalar, to_shape
+
+
+def load_backbone(handle):
+    """keras-hub's `SigLIPBackbone` for a handle, on the current backend."""
+    import keras_hub
+
+    return keras_hub.models.SigLIPBackbone.from_preset(handle)
+
+
+def _relative_arrays(prefix, layer):
+    """`{prefix/path-inside-layer: array}`; keras-hub prefixes its layer names with the model name."""
+    arrays = {}
+    for variable in layer.weights:
+        inner = variable.path.split("/", 1)[1]
+        arrays[f"{prefix}/{inner}"] = np.asarray(variable.numpy())
+    return arrays
+
+
+def backbone_arrays(backbone):
+    """All weights of a keras-hub `SigLIPBackbone` as `{canonical key: numpy array}`."""
+    arrays = {}
+    for tower_name, tower in (("vision", backbone.vision_encoder), ("text", backbone.text_encoder)):
+        arrays.update(_relative_arrays(f"{tower_name}/embedding", tower.embedding))
+        for i, block in enumerate(tower.encoder_layers):
+            arrays.update(_relative_arrays(f"{tower_name}/encoder_block_{i}", block))
+        arrays.update(_relative_arrays(f"{tower_name}/post_layer_norm", tower.post_layer_norm))
+        arrays.update(_relative_arrays(f"{tower_name}/head", tower.head))
+    for variable in backbone.siglip_head.weights:
+        arrays[variable.path.rsplit("/", 1)[1]] = np.asarray(variable.numpy())
+    return arrays
+
+
+def infer_config(backbone):
+    """Our `{"image": ..., "text": ...}` config from a keras-hub `SigLIPBackbone`."""
+    vision, text = backbone.vision_encoder.get_config(), backbone.text_encoder.get_config()
+    for name, config in (("vision", vision), ("text", text)):
+        if config.get("intermediate_activation", "gelu_approximate") != "gelu_approximate":
+            raise ValueError(
+                f"The keras-hub {name} encoder uses {config['intermediate_activation']!r}; keras_siglip's "
+                "towers use the tanh GELU ('gelu_approximate') of every released SigLIP."
+            )
+    if text["embedding_dim"] != text["hidden_dim"]:
+        raise ValueError(
+            f"The keras-hub text encoder embeds tokens in {text['embedding_dim']} dims but its blocks are "
+            f"{text['hidden_dim']} wide; SigLIP's text tower uses one width."
+        )
+    height = vision["image_shape"][0]
+    return {
+        "image": dict(
+            image_size=height,
+            patch_size=vision["patch_size"],
+            width=vision["hidden_dim"],
+            depth=vision["num_layers"],
+            num_heads=vision["num_heads"],
+            mlp_dim=vision["intermediate_dim"],
+            layer_norm_epsilon=vision["layer_norm_epsilon"],
+        ),
+        "text": dict(
+            vocabulary_size=text["vocabulary_size"],
+            sequence_length=text["max_sequence_length"],
+            width=text["hidden_dim"],
+            depth=text["num_layers"],
+            num_heads=text["num_heads"],
+            mlp_dim=text["intermediate_dim"],
+            output_dim=text.get("projection_dim") or text["hidden_dim"],
+            layer_norm_epsilon=text["layer_norm_epsilon"],
+        ),
+    }
+
+
+def _pair(source, target, names):
+    return [Rule(f"{source}/{theirs}", f"{target}/{ours}", identity) for theirs, ours in names]
+
+
+def _layer_norm(source, target):
+    return _pair(source, target, (("gamma", "gamma"), ("beta", "beta")))
+
+
+def _dense(source, target):
+    return _pair(source, target, (("kernel", "kernel"), ("bias", "bias")))
+
+
+def _attention(source, target, width):
+    rules = []
+    for name in ("query", "key", "value"):
+        rules.append(Rule(f"{source}/{name}/kernel", f"{target}/{name}/kernel", to_shape(width, width)))
+        rules.append(Rule(f"{source}/{name}/bias", f"{target}/{name}/bias", to_shape(width)))
+    rules.append(Rule(f"{source}/attention_output/kernel", f"{target}/output/kernel", to_shape(width, width)))
+    rules.append(Rule(f"{source}/attention_output/bias", f"{target}/output/bias", identity))
+    return rules
+
+
+def _mlp(source, target):
+    return _dense(f"{source}/fc1", f"{target}/hidden") + _dense(f"{source}/fc2", f"{target}/output")
+
+
+def _tower(source, target, tower):
+    rules = []
+    for i in range(tower["depth"]):
+        src, dst = f"{source}/encoder_block_{i}", f"{target}/block_{i}"
+        rules += _layer_norm(f"{src}/layer_norm1", f"{dst}/attention_norm")
+        rules += _attention(f"{src}/self_attn", f"{dst}/attention", tower["width"])
+        rules += _layer_norm(f"{src}/layer_norm2", f"{dst}/mlp_norm")
+        rules += _mlp(f"{src}/mlp", f"{dst}/mlp")
+    return rules + _layer_norm(f"{source}/post_layer_norm", f"{target}/encoder_norm")
+
+
+def rules(config):
+    """The conversion table for a model built from `config` (see `infer_config`)."""
+    image, text = config["image"], config["text"]
+
+    def add_batch_axis(array):
+        return array[None]
+
+    return [
+        Rule("vision/embedding/patch_embedding/kernel",
+             "image_encoder/patch_embedding/patch_projection/kernel", identity),
+        Rule("vision/embedding/patch_embedding/bias", "image_encoder/patch_embedding/patch_projection/bias", identity),
+        Rule("vision/embedding/position_embedding/embeddings", "image_encoder/patch_embedding/position_embedding",
+             add_batch_axis),
+        *_tower("vision", "image_encoder", image),
+        Rule("vision/head/variable", "image_encoder/map_pooling/probe", identity),
+        *_attention("vision/head/attention", "image_encoder/map_pooling/attention", image["width"]),
+        *_layer_norm("vision/head/layernorm", "image_encoder/map_pooling/layer_norm"),
+        *_mlp("vision/head/mlp", "image_encoder/map_pooling/mlp"),
+        Rule("text/embedding/token_embedding/embeddings", "text_encoder/token_embedding/embeddings", identity),
+        Rule("text/embedding/position_embedding/embeddings", "text_encoder/position_embedding", add_batch_axis),
+        *_tower("text", "text_encoder", text),
+        *_dense("text/head", "text_encoder/head"),
+        Rule("logit_scale", "siglip/log_temperature", scalar),
+        Rule("logit_bias", "siglip/bias", scalar),
+    ]
+
+
+# keras-hub stores position ids as (non-trainable) weights: not parameters of the model.
+IGNORED_KEYS = ("vision/embedding/position_ids", "text/embedding/position_ids")

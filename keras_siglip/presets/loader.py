@@ -1,0 +1,261 @@
+"""`from_preset` and `save_preset`: one entry point for every checkpoint source.
+
+Handles go through keras-hub's preset utilities (`get_file` downloads `hf://`,
+`kaggle://` and `gs://` files, or finds them in a local folder), and this
+library's own format is keras-hub's layout: `config.json`, `metadata.json`,
+`model.weights.h5`, plus `tokenizer.json`, `image_converter.json` and `assets/`
+when preprocessing is saved along.
+
+| handle | read as |
+|---|---|
+| built-in name (`list_presets()`) | its upstream sources, in order |
+| folder / handle whose config.json has `registered_name: keras_siglip>SigLIP` | this library's format |
+| ... with `registered_name: keras_hub>SigLIPBackbone` | keras-hub preset, converted |
+| ... with `model_type: siglip` | transformers checkpoint, converted |
+| path to a `.npz` file | big_vision checkpoint, converted |
+"""
+
+import collections
+import json
+import os
+
+import keras
+import numpy as np
+
+from keras_siglip.presets import big_vision_format, hf_format, keras_hub_format, registry
+from keras_siglip.presets.checkpoint import assign, load_npz, load_safetensors, model_weights
+
+OUR_CLASS = "keras_siglip>SigLIP"
+
+
+class _PresetUtils:
+    """keras-hub's preset utilities, imported on first use (keras-hub takes seconds to import)."""
+
+    def __getattr__(self, name):
+        from keras_hub.src.utils import preset_utils
+
+        return getattr(preset_utils, name)
+
+
+preset_utils = _PresetUtils()
+LoadedPreset = collections.namedtuple("LoadedPreset", ["model", "tokenizer", "image_converter"])
+
+
+def _is_name(handle):
+    return "://" not in handle and not os.path.exists(handle) and os.sep not in handle and not handle.endswith(".npz")
+
+
+def from_preset(handle, load_weights=True, dtype=None):
+    """A `SigLIP` from a built-in name, a preset folder, an `hf://` / `kaggle://` handle or a `.npz`.
+
+    Args:
+        handle: str. See the module docstring for what is accepted.
+        load_weights: bool. False builds the architecture with random weights
+            (for a built-in name, without downloading anything).
+        dtype: optional dtype policy for the model's weights and computations.
+    """
+    if not isinstance(handle, (str, os.PathLike)):
+        raise ValueError(f"A preset handle must be a string or path; got {type(handle).__name__}.")
+    handle = os.fspath(handle)
+    if handle in registry.PRESETS:
+        return _from_builtin(handle, load_weights, dtype)
+    if _is_name(handle):
+        if handle in _keras_hub_siglip_presets():
+            return from_keras_hub(handle, dtype=dtype, load_weights=load_weights)
+        registry.get_preset(handle)  # raises, listing the known names
+    if handle.endswith(".npz"):
+        return from_big_vision(handle, dtype=dtype, load_weights=load_weights)
+    config = _load_config(handle)
+    if config.get("registered_name") == OUR_CLASS:
+        return _from_native(handle, config, load_weights, dtype)
+    if str(config.get("registered_name", "")).endswith("SigLIPBackbone"):
+        return from_keras_hub(handle, dtype=dtype, load_weights=load_weights)
+    if config.get("model_type") == "siglip":
+        return from_transformers(handle, config, dtype=dtype, load_weights=load_weights)
+    found = config.get("registered_name") or config.get("model_type") or sorted(config)[:8]
+    raise ValueError(
+        f"{handle}/config.json describes {found!r}, which is not a SigLIP: expected a keras_siglip preset "
+        "(registered_name 'keras_siglip>SigLIP'), a keras-hub SigLIPBackbone or a transformers "
+        "'siglip' model."
+    )
+
+
+def load_preset(handle, load_weights=True, dtype=None):
+    """The model with the tokenizer and image converter stored in the same preset (None if absent)."""
+    model = from_preset(handle, load_weights=load_weights, dtype=dtype)
+    if handle in registry.PRESETS or _is_name(handle) or str(handle).endswith(".npz"):
+        return LoadedPreset(model, None, None)
+    config = _load_config(handle)
+    loader = preset_utils.KerasPresetLoader(handle, config)
+    tokenizer = image_converter = None
+    if preset_utils.check_file_exists(handle, preset_utils.TOKENIZER_CONFIG_FILE):
+        tokenizer = loader.load_tokenizer(None)
+    if preset_utils.check_file_exists(handle, preset_utils.IMAGE_CONVERTER_CONFIG_FILE):
+        image_converter = loader.load_image_converter(None)
+    return LoadedPreset(model, tokenizer, image_converter)
+
+
+def save_preset(folder, model, tokenizer=None, image_converter=None):
+    """Writes `model` (and optional preprocessing) to `folder` in keras-hub's preset layout."""
+    saver = preset_utils.get_preset_saver(os.fspath(folder))
+    saver.save_backbone(model)
+    if tokenizer is not None:
+        saver.save_tokenizer(tokenizer)
+    if image_converter is not None:
+        saver.save_image_converter(image_converter)
+
+
+def _keras_hub_siglip_presets():
+    """keras-hub's own built-in SigLIP / SigLIP 2 names, read through as a fallback."""
+    import keras_hub
+
+    return keras_hub.models.SigLIPBackbone.presets
+
+
+# -- the sources ---------------------------------------------------------------
+
+
+def _load_config(handle):
+    try:
+        return preset_utils.load_json(handle, preset_utils.CONFIG_FILE)
+    except FileNotFoundError:
+        raise ValueError(f"{handle} has no config.json: it is not a preset folder or checkpoint.") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{handle}/config.json is not valid JSON (truncated or corrupt?): {error}") from None
+
+
+def _from_builtin(name, load_weights, dtype):
+    entry = registry.PRESETS[name]
+    if "image_tower_from" in entry:
+        return siglit(entry["image_tower_from"] if load_weights else None, entry["config"], dtype=dtype,
+                      lock_image_tower=entry["lock_image_tower"])
+    if not load_weights or not entry["sources"]:
+        return registry.build_model(entry["config"], dtype=dtype)
+    errors = []
+    for source in entry["sources"]:
+        try:
+            model = from_preset(source, dtype=dtype)
+        except (OSError, ImportError, ValueError) as error:
+            errors.append(f"{source}: {error}")
+            continue
+        return _fit_registry(name, entry["config"], model)
+    raise ValueError(f"Could not load preset {name!r} from any of its sources:\n" + "\n".join(errors))
+
+
+def _fit_registry(name, config, model):
+    """Checks a downloaded model against the registry; drops an identity text head it lacks."""
+    head = model.text_encoder.head
+    if config["text"].get("output_dim") is None and head is not None:
+        kernel, bias = (keras.ops.convert_to_numpy(w) for w in (head.kernel, head.bias))
+        if kernel.shape[0] == kernel.shape[1] and np.array_equal(kernel, np.eye(len(kernel))) and not bias.any():
+            headless = registry.build_model(config, dtype=model.dtype_policy)
+            weights = model_weights(model)
+            for path, target in model_weights(headless).items():
+                target.assign(weights[path])
+            model = headless
+    expected = registry.count_parameters(config)
+    if model.count_params() != expected:
+        raise ValueError(
+            f"The weights downloaded for {name!r} give {model.count_params()} parameters; the registry "
+            f"expects {expected}."
+        )
+    return model
+
+
+def _from_native(handle, config, load_weights, dtype):
+    config = json.loads(json.dumps(config))  # a private copy to edit
+    if dtype is not None:
+        policy = keras.saving.serialize_keras_object(keras.dtype_policies.get(dtype))
+        config["config"]["dtype"] = policy
+        for tower in ("image_encoder", "text_encoder"):
+            config["config"][tower]["config"]["dtype"] = policy
+    try:
+        model = keras.saving.deserialize_keras_object(config)
+    except (TypeError, KeyError) as error:
+        raise ValueError(f"{handle}/config.json does not describe a valid SigLIP: {error}") from None
+    if load_weights:
+        _load_native_weights(model, handle)
+    return model
+
+
+def _load_native_weights(model, handle):
+    path = preset_utils.get_file(handle, preset_utils.MODEL_WEIGHTS_FILE)
+    try:
+        model.load_weights(path)
+    except ValueError as error:
+        raise ValueError(f"{path} does not fit the model in {handle}/config.json: {error}") from None
+    except (OSError, KeyError, TypeError) as error:
+        raise ValueError(f"Cannot read {path} (truncated or corrupt?): {type(error).__name__}: {error}") from None
+
+
+def _converted(config, arrays, rules, source_name, ignored, dtype, load_weights):
+    model = registry.build_model(config, dtype=dtype)
+    if load_weights:
+        assign(model, arrays, rules, source_name, ignored=ignored)
+    return model
+
+
+def from_transformers(handle, config=None, dtype=None, load_weights=True):
+    """A `SigLIP` from a transformers `SiglipModel` folder or `hf://` handle (safetensors only)."""
+    config = config or _load_config(handle)
+    our_config = hf_format.infer_config(config)
+    paths = []
+    if load_weights:
+        if preset_utils.check_file_exists(handle, preset_utils.SAFETENSOR_FILE):
+            paths = [preset_utils.get_file(handle, preset_utils.SAFETENSOR_FILE)]
+        elif preset_utils.check_file_exists(handle, preset_utils.SAFETENSOR_CONFIG_FILE):
+            with open(preset_utils.get_file(handle, preset_utils.SAFETENSOR_CONFIG_FILE)) as file:
+                shards = sorted(set(json.load(file)["weight_map"].values()))
+            paths = [preset_utils.get_file(handle, shard) for shard in shards]
+        else:
+            raise ValueError(
+                f"{handle} has no model.safetensors (or index); only safetensors checkpoints are read, "
+                "never pickled pytorch_model.bin files."
+            )
+    arrays = load_safetensors(paths)
+    return _converted(our_config, arrays, hf_format.rules(our_config), f"transformers checkpoint {handle}",
+                      hf_format.IGNORED_KEYS, dtype, load_weights)
+
+
+def from_keras_hub(handle, dtype=None, load_weights=True):
+    """A `SigLIP` from a keras-hub `SigLIPBackbone` preset (folder, `kaggle://` or keras-hub name)."""
+    backbone = keras_hub_format.load_backbone(handle)
+    config = keras_hub_format.infer_config(backbone)
+    arrays = keras_hub_format.backbone_arrays(backbone)
+    del backbone
+    return _converted(config, arrays, keras_hub_format.rules(config), f"keras-hub preset {handle}",
+                      keras_hub_format.IGNORED_KEYS, dtype, load_weights)
+
+
+def from_big_vision(path, dtype=None, load_weights=True):
+    """A `SigLIP` from a big_vision `.npz` (per-layer or "scan" layout, bf16 stored as void)."""
+    if not os.path.isfile(path):  # a gs:// (or other remote) file: keras-hub's get_file caches it
+        path = preset_utils.get_file(os.path.dirname(path), os.path.basename(path))
+    arrays = big_vision_format.normalize_keys(load_npz(path))
+    config = big_vision_format.infer_config(arrays)
+    return _converted(config, arrays, big_vision_format.rules(config), f"big_vision checkpoint {path}", (),
+                      dtype, load_weights)
+
+
+def siglit(image_source, config, dtype=None, lock_image_tower=True):
+    """A SigLiT model: a new text tower of `config["text"]` on the image tower of `image_source`.
+
+    Args:
+        image_source: a handle `from_preset` accepts, whose image tower is
+            reused; None for a random image tower (architecture only).
+        config: `{"image": ..., "text": ...}`; the image part must match the
+            source's image tower.
+        lock_image_tower: bool. Freeze the image tower (LiT).
+    """
+    model = registry.build_model(config, dtype=dtype)
+    if image_source is not None:
+        source = from_preset(image_source, dtype=dtype)
+        source_weights = source.image_encoder.weights
+        ours = model.image_encoder.weights
+        if [tuple(w.shape) for w in source_weights] != [tuple(w.shape) for w in ours]:
+            raise ValueError(f"The image tower of {image_source} does not match the SigLiT config {config['image']}.")
+        for target, weight in zip(ours, source_weights):
+            target.assign(weight)
+    if lock_image_tower:
+        model.image_encoder.trainable = False
+    return model

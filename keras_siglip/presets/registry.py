@@ -1,0 +1,194 @@
+"""The released SigLIP configurations, where their weights live, and their sizes.
+
+A preset's `config` is `{"image": ImageEncoder kwargs, "text": TextEncoder
+kwargs}`; `build_model(config)` turns it into a `SigLIP`. `sources` lists the
+upstream handles holding the weights, tried in order by `from_preset`.
+"""
+
+from keras_siglip.encoders import VARIANTS, ImageEncoder, TextEncoder
+
+ENGLISH_VOCABULARY = 32_000  # T5 C4 SentencePiece
+MULTILINGUAL_VOCABULARY = 250_000  # mT5 SentencePiece
+
+
+def siglip_config(variant, image_size, patch_size, vocabulary_size=ENGLISH_VOCABULARY,
+                  sequence_length=64, text_head=True):
+    """The two-tower config of a SigLIP of one variant (`"B"`, `"L"`, `"So400m"`, `"tiny"`)."""
+    tower = dict(VARIANTS[variant])
+    return {
+        "image": dict(image_size=image_size, patch_size=patch_size, **tower),
+        "text": dict(
+            vocabulary_size=vocabulary_size,
+            sequence_length=sequence_length,
+            output_dim=tower["width"] if text_head else None,
+            **tower,
+        ),
+    }
+
+
+BIG_VISION_BUCKET = "gs://big_vision/siglip"
+
+
+def _released(variant, image_size, patch_size, hf_repo, keras_hub_name, big_vision_file, description,
+              exact_source="hf", **kwargs):
+    """A released checkpoint; `exact_source` is tried first ("hf" or "big_vision")."""
+    sources = [f"hf://google/{hf_repo}"]
+    if keras_hub_name:
+        sources.append(f"kaggle://keras/siglip/keras/{keras_hub_name}/1")
+    big_vision = f"{BIG_VISION_BUCKET}/{big_vision_file}"
+    sources = [big_vision, *sources] if exact_source == "big_vision" else [*sources, big_vision]
+    return {
+        "config": siglip_config(variant, image_size, patch_size, **kwargs),
+        "sources": sources,
+        "description": description,
+    }
+
+
+def _siglit(image_preset, text_variant, description):
+    """A new text tower of `text_variant` on the locked image tower of `image_preset`."""
+    image = dict(PRESETS[image_preset]["config"]["image"])
+    text = dict(VARIANTS[text_variant])
+    text.update(
+        vocabulary_size=PRESETS[image_preset]["config"]["text"]["vocabulary_size"],
+        sequence_length=PRESETS[image_preset]["config"]["text"]["sequence_length"],
+        output_dim=image["width"],  # the text head maps into the image embedding space
+    )
+    return {
+        "config": {"image": image, "text": text},
+        "image_tower_from": image_preset,
+        "lock_image_tower": True,
+        "sources": [],
+        "description": description,
+    }
+
+
+PRESETS = {
+    "siglip_base_patch16_224": _released(
+        "B", 224, 16, "siglip-base-patch16-224", "siglip_base_patch16_224", "webli_en_b16_224_63724782.npz",
+        "SigLIP B/16 at 224px, English, WebLi."),
+    "siglip_base_patch16_256": _released(
+        "B", 256, 16, "siglip-base-patch16-256", "siglip_base_patch16_256", "webli_en_b16_256_60500360.npz",
+        "SigLIP B/16 at 256px, English, WebLi."),
+    "siglip_base_patch16_384": _released(
+        "B", 384, 16, "siglip-base-patch16-384", "siglip_base_patch16_384", "webli_en_b16_384_68578854.npz",
+        "SigLIP B/16 at 384px, English, WebLi."),
+    "siglip_base_patch16_512": _released(
+        "B", 512, 16, "siglip-base-patch16-512", "siglip_base_patch16_512", "webli_en_b16_512_68580893.npz",
+        "SigLIP B/16 at 512px, English, WebLi."),
+    "siglip_large_patch16_256": _released(
+        "L", 256, 16, "siglip-large-patch16-256", "siglip_large_patch16_256", "webli_en_l16_256_60552751.npz",
+        "SigLIP L/16 at 256px, English, WebLi."),
+    "siglip_large_patch16_384": _released(
+        "L", 384, 16, "siglip-large-patch16-384", "siglip_large_patch16_384", "webli_en_l16_384_63634585.npz",
+        "SigLIP L/16 at 384px, English, WebLi."),
+    "siglip_so400m_patch14_224": _released(
+        "So400m", 224, 14, "siglip-so400m-patch14-224", "siglip_so400m_patch14_224", "webli_en_so400m_224_57633886.npz",
+        "SigLIP So400m/14 at 224px, English, 16-token texts.", sequence_length=16),
+    "siglip_so400m_patch14_384": _released(
+        "So400m", 384, 14, "siglip-so400m-patch14-384", "siglip_so400m_patch14_384", "webli_en_so400m_384_58765454.npz",
+        "SigLIP So400m/14 at 384px, English, WebLi."),
+    "siglip_base_patch16_256_multilingual": _released(
+        "B", 256, 16, "siglip-base-patch16-256-multilingual", "siglip_base_patch16_256_multilingual", "webli_i18n_b16_256_66117334.npz",
+        "mSigLIP B/16 at 256px, 250k multilingual vocabulary.",
+        vocabulary_size=MULTILINGUAL_VOCABULARY),
+    # big_vision's So400m/16 i18n checkpoint has no text head; HF's conversion puts an
+    # identity Dense there (dropped on load), so the big_vision .npz comes first.
+    "siglip_so400m_patch16_256_multilingual": _released(
+        "So400m", 256, 16, "siglip-so400m-patch16-256-i18n", None, "webli_i18n_so400m_16_256_78061115.npz",
+        "mSigLIP So400m/16 at 256px, 250k multilingual vocabulary, no text head.",
+        vocabulary_size=MULTILINGUAL_VOCABULARY, text_head=False, exact_source="big_vision"),
+    # For tests and examples: random weights, nothing to download.
+    "siglip_tiny_patch4_16": {
+        "config": siglip_config("tiny", 16, 4, vocabulary_size=64, sequence_length=8),
+        "sources": [],
+        "description": "2-block width-32 towers on 16px images, 8 tokens; random weights (tests).",
+    },
+    "siglip_tiny_patch14_28": {
+        "config": siglip_config("tiny", 28, 14, vocabulary_size=64, sequence_length=8, text_head=False),
+        "sources": [],
+        "description": "Tiny, patch 14 and no text head; random weights (tests).",
+    },
+}
+PRESETS.update(
+    {
+        "siglit_base_patch16_224": _siglit(
+            "siglip_base_patch16_224", "B",
+            "SigLiT: locked SigLIP B/16-224 image tower, new B text tower."),
+        "siglit_so400m_patch14_384": _siglit(
+            "siglip_so400m_patch14_384", "B",
+            "SigLiT: locked SigLIP So400m/14-384 image tower, new B text tower projecting to 1152."),
+        "siglit_tiny_patch4_16": _siglit(
+            "siglip_tiny_patch4_16", "tiny",
+            "SigLiT on the tiny test tower; random weights (tests)."),
+    }
+)
+
+
+def get_preset(name):
+    """The registry entry of a built-in preset; a `ValueError` lists the known ones."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}. Known presets: {', '.join(sorted(PRESETS))}.")
+    return PRESETS[name]
+
+
+def _encoder_blocks(width, depth, mlp_dim, **unused):
+    block = 4 * width + 4 * (width * width + width) + 2 * width * mlp_dim + mlp_dim + width
+    return depth * block + 2 * width  # + the final LayerNorm
+
+
+def _head(width, output_dim):
+    return width * output_dim + output_dim if output_dim else 0
+
+
+def count_parameters(config):
+    """Parameters of the `SigLIP` that `build_model(config)` builds, counted without building it."""
+    image, text = config["image"], config["text"]
+    width, mlp_dim, patch = image["width"], image["mlp_dim"], image["patch_size"]
+    height, width_px = (image["image_size"],) * 2 if isinstance(image["image_size"], int) else image["image_size"]
+    patches = (height // patch) * (width_px // patch)
+    image_count = patch * patch * 3 * width + width + patches * width + _encoder_blocks(**image)
+    if image.get("pooling", "map") == "map":
+        image_count += width + 4 * (width * width + width) + 2 * width + 2 * width * mlp_dim + mlp_dim + width
+    image_count += _head(width, image.get("output_dim"))
+    text_count = (text["vocabulary_size"] + text["sequence_length"]) * text["width"]
+    text_count += _encoder_blocks(**text) + _head(text["width"], text.get("output_dim"))
+    return image_count + text_count + 2  # + t' and b
+
+
+def build_model(config, dtype=None):
+    """A randomly initialised `SigLIP` from a `{"image": ..., "text": ...}` config."""
+    from keras_siglip.model import SigLIP
+
+    image_encoder = ImageEncoder(**config["image"], dtype=dtype)
+    text_encoder = TextEncoder(**config["text"], dtype=dtype)
+    return SigLIP(image_encoder, text_encoder, dtype=dtype)
+
+
+def list_presets(print_table=True):
+    """The built-in presets with their parameter counts; prints a table.
+
+    Args:
+        print_table: bool. Print one line per preset.
+
+    Returns:
+        A dict `{name: {"parameters": int, "description": str, "sources": [...]}}`.
+
+    Example:
+    >>> import keras_siglip
+    >>> presets = keras_siglip.list_presets(print_table=False)
+    >>> round(presets["siglip_base_patch16_224"]["parameters"] / 1e6)
+    203
+    """
+    table = {
+        name: {
+            "parameters": count_parameters(entry["config"]),
+            "description": entry["description"],
+            "sources": list(entry["sources"]) or ([entry["image_tower_from"]] if "image_tower_from" in entry else []),
+        }
+        for name, entry in PRESETS.items()
+    }
+    if print_table:
+        width = max(map(len, table))
+        for name, row in table.items():
+            print(f"{name:<{width}}  {row['parameters'] / 1e6:9.2f}M  {row['description']}")
+    return table

@@ -1,0 +1,231 @@
+"""The readers of keras_siglip.data on small generated JPEG/PNG files in all three layouts."""
+
+import csv
+import io
+import json
+import math
+import os
+import tarfile
+
+import keras
+import numpy as np
+import pytest
+import sentencepiece
+import tensorflow as tf
+
+from keras_siglip import SigLIPImagePreprocessor, SigLIPTokenizer
+from keras_siglip.data import SkippedImages, read_manifest, read_tar_shards, read_tfrecords
+from tests.conftest import tiny_siglip
+
+IMAGE_SIZE = 16
+SEQUENCE_LENGTH = 8
+COLORS = ["red", "green", "blue", "black", "white", "yellow"]
+SHAPES = ["square", "circle", "cross"]
+
+
+def make_image(index):
+    rng = np.random.default_rng(index)
+    height, width = 20 + 3 * (index % 4), 24 + 5 * (index % 3)
+    image = np.full((height, width, 3), 40 * (index % 6), "uint8")
+    image[4:12, 5:15] = rng.integers(0, 256, 3)
+    return image
+
+
+def encode(image, index):
+    return (tf.io.encode_png(image) if index % 2 else tf.io.encode_jpeg(image, quality=90)).numpy()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """12 good samples (JPEG and PNG) with unique captions, written in every layout."""
+    root = tmp_path_factory.mktemp("corpus")
+    samples = []
+    for i in range(12):
+        caption = f"a {COLORS[i % 6]} {SHAPES[i % 3]} number {i}" if i != 11 else ""  # one empty caption
+        extension = "png" if i % 2 else "jpg"
+        data = encode(make_image(i), i)
+        (root / f"{i:03d}.{extension}").write_bytes(data)
+        samples.append({"key": f"{i:03d}", "file": f"{i:03d}.{extension}", "ext": extension,
+                        "bytes": data, "caption": caption})
+    rows = [(s["file"], s["caption"]) for s in samples]
+    with open(root / "pairs.csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["image", "caption"])
+        writer.writerows(rows)
+    with open(root / "pairs.jsonl", "w") as file:
+        for path, caption in rows:
+            file.write(json.dumps({"path": path, "text": caption}) + "\n")
+    for shard in range(2):
+        with tarfile.open(root / f"shard-{shard}.tar", "w") as archive:
+            for s in samples[shard::2]:
+                for name, data in ((f"{s['key']}.{s['ext']}", s["bytes"]), (f"{s['key']}.txt", s["caption"].encode()),
+                                   (f"{s['key']}.json", b"{}")):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    archive.addfile(info, io.BytesIO(data))
+        with tf.io.TFRecordWriter(str(root / f"shard-{shard}.tfrecord")) as writer:
+            for s in samples[shard::2]:
+                feature = {
+                    "key": tf.train.Feature(bytes_list=tf.train.BytesList(value=[s["key"].encode()])),
+                    "jpg": tf.train.Feature(bytes_list=tf.train.BytesList(value=[s["bytes"]])),
+                    "txt": tf.train.Feature(bytes_list=tf.train.BytesList(value=[s["caption"].encode()])),
+                    "width": tf.train.Feature(int64_list=tf.train.Int64List(value=[1])),
+                }
+                writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    return root, samples
+
+
+@pytest.fixture(scope="module")
+def tokenizer(corpus):
+    _, samples = corpus
+    sentences = [s["caption"] for s in samples if s["caption"]] * 20
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_writer=model, vocab_size=32, pad_id=0, eos_id=1,
+        unk_id=2, bos_id=-1, minloglevel=2,
+    )
+    return SigLIPTokenizer(model.getvalue(), sequence_length=SEQUENCE_LENGTH)
+
+
+def readers(root):
+    """Each layout's reader, with the same keyword options."""
+    return {
+        "csv": lambda *a, **k: read_manifest(str(root / "pairs.csv"), *a, **k),
+        "jsonl": lambda *a, **k: read_manifest(str(root / "pairs.jsonl"), *a, image_column="path",
+                                               caption_column="text", **k),
+        "tar": lambda *a, **k: read_tar_shards(str(root / "shard-*.tar"), *a, **k),
+        "tfrecord": lambda *a, **k: read_tfrecords(str(root / "shard-*.tfrecord"), *a, **k),
+    }
+
+
+def collect(dataset):
+    images, token_ids = [], []
+    for batch in dataset:
+        assert set(batch) == {"images", "token_ids"}
+        assert batch["images"].dtype == tf.float32 and batch["token_ids"].dtype == tf.int32
+        images.append(batch["images"].numpy())
+        token_ids.append(batch["token_ids"].numpy())
+    return np.concatenate(images), np.concatenate(token_ids)
+
+
+@pytest.mark.parametrize("layout", ["csv", "jsonl", "tar", "tfrecord"])
+def test_reader_content(corpus, tokenizer, layout):
+    root, samples = corpus
+    preprocessor = SigLIPImagePreprocessor(IMAGE_SIZE)
+    dataset = readers(root)[layout](tokenizer, preprocessor, 5, training=False, drop_remainder=False)
+    assert dataset.element_spec["images"].shape.as_list() == [None, IMAGE_SIZE, IMAGE_SIZE, 3]
+    images, token_ids = collect(dataset)
+    assert images.shape == (12, IMAGE_SIZE, IMAGE_SIZE, 3) and token_ids.shape == (12, SEQUENCE_LENGTH)
+    # Each output pair is a sample's image with that sample's caption.
+    expected_ids = keras.ops.convert_to_numpy(tokenizer([s["caption"] for s in samples]))
+    expected_images = np.stack([keras.ops.convert_to_numpy(preprocessor(s["bytes"])) for s in samples])
+    for image, ids in zip(images, token_ids):
+        index = int(np.argmin(np.abs(expected_images - image).reshape(12, -1).max(axis=1)))
+        np.testing.assert_allclose(image, expected_images[index], atol=1e-6)
+        np.testing.assert_array_equal(ids, expected_ids[index])
+    np.testing.assert_array_equal(  # the empty caption: EOS, then EOS padding
+        expected_ids[11], np.full(SEQUENCE_LENGTH, tokenizer.eos_id)
+    )
+    if layout == "csv":  # one file, no shuffling: the manifest's order
+        np.testing.assert_allclose(images, expected_images, atol=1e-6)
+
+
+def test_drop_remainder_and_sharding(corpus, tokenizer):
+    root, _ = corpus
+    preprocessor = SigLIPImagePreprocessor(IMAGE_SIZE)
+    for make in readers(root).values():
+        batches = list(make(tokenizer, preprocessor, 5, training=False))
+        assert [b["images"].shape[0] for b in batches] == [5, 5]
+        parts = [collect(make(tokenizer, preprocessor, 1, training=False, shard=(i, 2)))[1] for i in range(2)]
+        assert len(parts[0]) == len(parts[1]) == 6
+        whole = collect(make(tokenizer, preprocessor, 1, training=False))[1]
+        both = sorted(map(tuple, np.concatenate(parts)))
+        assert both == sorted(map(tuple, whole))
+    with pytest.raises(ValueError, match="shard"):
+        read_manifest(str(root / "pairs.csv"), tokenizer, preprocessor, 2, shard=(2, 2))
+
+
+def test_deterministic_shuffle_and_augmentation(corpus, tokenizer):
+    root, _ = corpus
+    preprocessor = SigLIPImagePreprocessor(IMAGE_SIZE, random_resized_crop=True, horizontal_flip=True)
+    for name, make in readers(root).items():
+        def run(seed):
+            return collect(make(tokenizer, preprocessor, 4, seed=seed, deterministic=True, shuffle_buffer=12))
+
+        first, again, other = run(1), run(1), run(2)
+        np.testing.assert_array_equal(first[0], again[0], err_msg=name)
+        np.testing.assert_array_equal(first[1], again[1], err_msg=name)
+        assert not np.array_equal(first[0], other[0]), name
+        plain = collect(make(tokenizer, preprocessor, 4, training=False))
+        assert not np.array_equal(first[0], plain[0]), name  # augmented in training only
+    with pytest.raises(ValueError, match="seed"):
+        read_manifest(str(root / "pairs.csv"), tokenizer, preprocessor, 2, deterministic=True)
+
+
+def test_bad_images_are_skipped_counted_and_reported(corpus, tokenizer, tmp_path):
+    root, samples = corpus
+    good = samples[:4]
+    truncated = good[0]["bytes"][: len(good[0]["bytes"]) // 2]
+    (tmp_path / "truncated.jpg").write_bytes(truncated)
+    (tmp_path / "junk.png").write_bytes(b"this is not an image")
+    for s in good:
+        (tmp_path / s["file"]).write_bytes(s["bytes"])
+    rows = [(s["file"], s["caption"]) for s in good] + [
+        ("truncated.jpg", "a broken file"), ("missing.jpg", "no file"), ("junk.png", "junk")
+    ]
+    with open(tmp_path / "pairs.csv", "w", newline="") as file:
+        csv.writer(file).writerows([("image", "caption"), *rows])
+    preprocessor = SigLIPImagePreprocessor(IMAGE_SIZE)
+    skipped = SkippedImages()
+    dataset = read_manifest(str(tmp_path / "pairs.csv"), tokenizer, preprocessor, 2, training=False,
+                            drop_remainder=False, skipped=skipped)
+    with pytest.warns(UserWarning, match=r"skipped 1 image.*truncated\.jpg"):
+        images, _ = collect(dataset)
+    assert len(images) == 4
+    assert skipped.count == 3 and dataset.skipped_images is skipped
+    assert [os.path.basename(n) for n in skipped.names] == ["truncated.jpg", "missing.jpg", "junk.png"]
+
+    # A tar shard with a corrupt image and a sample without any image.
+    with tarfile.open(tmp_path / "bad.tar", "w") as archive:
+        for name, data in (("a.jpg", good[0]["bytes"]), ("a.txt", b"fine"), ("b.jpg", truncated),
+                           ("b.txt", b"broken"), ("c.txt", b"caption only"), ("d.png", good[1]["bytes"])):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    with pytest.warns(UserWarning, match="skipped"):
+        dataset = read_tar_shards(str(tmp_path / "bad.tar"), tokenizer, preprocessor, 1, training=False)
+        images, token_ids = collect(dataset)
+    assert len(images) == 2 and dataset.skipped_images.count == 2
+    assert sorted(n.split(":")[1][:1] for n in dataset.skipped_images.names) == ["b", "c"]
+    np.testing.assert_array_equal(token_ids[1], np.full(SEQUENCE_LENGTH, tokenizer.eos_id))  # d: no caption
+
+
+def test_bad_arguments(corpus, tokenizer, tmp_path):
+    root, _ = corpus
+    preprocessor = SigLIPImagePreprocessor(IMAGE_SIZE)
+    with pytest.raises(ValueError, match="column"):
+        read_manifest(str(root / "pairs.jsonl"), tokenizer, preprocessor, 2)
+    with pytest.raises(ValueError, match="does not exist"):
+        read_manifest(str(tmp_path / "absent.csv"), tokenizer, preprocessor, 2)
+    with pytest.raises(ValueError, match="No tar shard"):
+        read_tar_shards(str(tmp_path / "*.tar"), tokenizer, preprocessor, 2)
+    with pytest.raises(ValueError, match="do not exist"):
+        read_tfrecords([str(tmp_path / "absent.tfrecord")], tokenizer, preprocessor, 2)
+    with pytest.raises(ValueError, match="batch_size"):
+        read_manifest(str(root / "pairs.csv"), tokenizer, preprocessor, 0)
+
+
+def test_training_run(corpus, tokenizer):
+    """`fit` straight from a reader, on the active backend."""
+    root, _ = corpus
+    preprocessor = SigLIPImagePreprocessor(IMAGE_SIZE, random_resized_crop=True, horizontal_flip=True)
+    dataset = read_tar_shards(str(root / "shard-*.tar"), tokenizer, preprocessor, 4, seed=0)
+    model = tiny_siglip(image_size=IMAGE_SIZE, sequence_length=SEQUENCE_LENGTH,
+                        vocabulary_size=tokenizer.vocabulary_size())
+    model.compile()
+    before = [keras.ops.convert_to_numpy(w).copy() for w in model.trainable_weights]
+    history = model.fit(dataset, epochs=2, verbose=0)
+    losses = history.history["loss"]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    after = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
+    assert any(not np.allclose(a, b) for a, b in zip(before, after))

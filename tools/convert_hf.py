@@ -1,0 +1,84 @@
+"""Converts a Hugging Face transformers SigLIP checkpoint into a keras_siglip preset folder, then checks it.
+
+`--source` is a local folder (config.json + safetensors) or an `hf://org/name`
+handle. The preset is written, reloaded, and its image embeddings, text
+embeddings and logits on random inputs are compared with transformers'
+`SiglipModel` (torch, CPU) on the same checkpoint. Exits 1 on a mismatch.
+
+    python tools/convert_hf.py --source=hf://google/siglip-base-patch16-224 \
+        --output=presets/siglip_base_patch16_224
+"""
+
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+
+from keras_siglip import SigLIP
+from keras_siglip.presets import from_transformers
+from keras_siglip.presets.loader import preset_utils
+
+
+def define_flags():
+    flags.DEFINE_string("source", None, "transformers SigLIP folder or hf:// handle.", required=True)
+    flags.DEFINE_string("output", None, "Preset folder to write.", required=True)
+    flags.DEFINE_integer("batch_size", 2, "Random image-text pairs used for the numerical check.")
+    flags.DEFINE_float("tolerance", 1e-4, "Largest absolute difference accepted.")
+    flags.DEFINE_integer("seed", 0, "Seed of the random check inputs.")
+
+
+def transformers_outputs(folder, images, token_ids):
+    """transformers' own image embeddings, text embeddings and logits (images x texts)."""
+    import torch
+    import transformers
+
+    reference = transformers.SiglipModel.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = reference(input_ids=torch.from_numpy(token_ids).long(),
+                        pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2).copy()))
+    return out.image_embeds.numpy(), out.text_embeds.numpy(), out.logits_per_image.numpy()
+
+
+def convert_and_check(source, output, batch_size=2, tolerance=1e-4, seed=0):
+    """Writes the preset, checks it against transformers; returns the exit status (0 or 1)."""
+    from_transformers(source).save_to_preset(output)
+    model = SigLIP.from_preset(output)
+    print(f"wrote {output} ({model.count_params():,} parameters)")
+
+    rng = np.random.default_rng(seed)
+    height, width = model.image_encoder.image_size
+    images = rng.uniform(-1, 1, (batch_size, height, width, 3)).astype("float32")
+    text = model.text_encoder
+    token_ids = rng.integers(0, text.vocabulary_size, (batch_size, text.sequence_length)).astype("int32")
+    outputs = model({"images": images, "token_ids": token_ids})
+    ours = (outputs["image_embeddings"], outputs["text_embeddings"],
+            model.similarity(outputs["image_embeddings"], outputs["text_embeddings"]))
+    # Downloaded files sit together in one snapshot folder that transformers can read.
+    folder = os.path.dirname(preset_utils.get_file(source, preset_utils.CONFIG_FILE))
+    reference = transformers_outputs(folder, images, token_ids)
+    return report(ours, reference, tolerance)
+
+
+def report(ours, reference, tolerance):
+    """Prints one line per output; returns 1 if any differs by more than `tolerance`."""
+    status = 0
+    for name, mine, theirs in zip(("image embeddings", "text embeddings", "logits"), ours, reference):
+        error = float(np.max(np.abs(np.asarray(mine, np.float64) - np.asarray(theirs, np.float64))))
+        ok = error <= tolerance
+        status |= not ok
+        print(f"{name:<17} max abs error {error:.2e}  {'ok' if ok else 'MISMATCH'}")
+    if status:
+        print(f"Conversion check failed: errors above {tolerance}.", file=sys.stderr)
+    return int(status)
+
+
+def main(argv):
+    del argv
+    FLAGS = flags.FLAGS
+    sys.exit(convert_and_check(FLAGS.source, FLAGS.output, FLAGS.batch_size, FLAGS.tolerance, FLAGS.seed))
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
