@@ -137,6 +137,8 @@ def train(args):
     data = make_data(args)
     process_id, num_processes = process_index_and_count()
     data, local_batch = process_part(data, args.batch_size, process_id, num_processes)
+    if strategy is not None:
+        strategy.auto_shard_dataset = False  # each process already holds only its part
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = SigLIP.from_variant(
             args.variant,

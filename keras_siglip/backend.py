@@ -31,7 +31,10 @@ def is_concrete(x):
     if BACKEND == "jax":
         import jax
 
-        return not isinstance(x, jax.core.Tracer)
+        if isinstance(x, jax.core.Tracer):
+            return False
+        # In a multi-process job a global batch lies partly on other hosts.
+        return not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated
     if BACKEND == "tensorflow":
         import tensorflow as tf
 
@@ -68,6 +71,15 @@ def check(condition, message, *tensors):
     return tensors
 
 
+def _restore_jax_state(state, variable_lists):
+    for variables, values in zip(variable_lists, state):
+        for variable, value in zip(variables, values):
+            try:
+                variable.assign(value)
+            except Exception:  # a buffer already donated to a finished step
+                pass
+
+
 class _CheckedIterator:
     def __init__(self, iterator, check_batch):
         self._iterator = iterator
@@ -82,20 +94,28 @@ class _CheckedIterator:
         return data
 
 
-def guard_step_function(step_function, check_batch):
+def guard_step_function(step_function, check_batch, state_variables):
     """Wraps a Keras train/test/predict function so bad inputs raise `ValueError`.
 
     Args:
         step_function: what `Model.make_*_function` stored.
         check_batch: `check_batch(data)` validates one batch `(x, y, sample_weight)`
             whose values are on the host.
+        state_variables: returns the lists of variables that a JAX step's
+            `state` tuple holds, in order.
     """
     if step_function is None or getattr(step_function, "_keras_siglip_guarded", False):
         return step_function
     if BACKEND == "jax":
 
         def guarded(state, iterator):
-            return step_function(state, _CheckedIterator(iter(iterator), check_batch))
+            try:
+                return step_function(state, _CheckedIterator(iter(iterator), check_batch))
+            except ValueError:
+                # Keras's JAX loops move the variables' values into `state` before
+                # the step; put them back so a rejected batch loses nothing.
+                _restore_jax_state(state, state_variables())
+                raise
 
     elif BACKEND == "tensorflow":
         import tensorflow as tf

@@ -252,8 +252,9 @@ def model_parallel(mesh, model_dim=MODEL_DIM, batch_dim=BATCH_DIM):
 def tpu_v4_mesh(chips, model_size=1, devices=None):
     """The (batch, model) mesh of a TPU v4 slice: `chips // model_size` x `model_size`.
 
-    A v4 host drives 4 chips; the slice's devices are ordered by JAX so that
-    neighbours on the "model" axis are neighbours on the chip interconnect.
+    A v4 host drives 4 chips. Without `devices`, JAX's `create_device_mesh`
+    orders the chips so that neighbours on the "model" axis are neighbours on
+    the chip interconnect.
 
     Args:
         chips: 4, 8, 16 or 32 (slices v4-8, v4-16, v4-32, v4-64).
@@ -273,14 +274,13 @@ def tpu_v4_mesh(chips, model_size=1, devices=None):
     if not isinstance(model_size, (int, np.integer)) or model_size < 1 or chips % model_size:
         raise ValueError(f"model_size must be a positive divisor of {chips} chips; got {model_size}.")
     require_jax("A TPU v4 mesh")
-    if devices is None:
-        devices = _devices()
-        if len(devices) != chips:
-            raise ValueError(
-                f"A {TPU_V4_SLICES[chips][0]} slice has {chips} chips but {len(devices)} devices "
-                "are visible. Run on the whole slice (every host, joined by "
-                "initialize_multi_host()) or pass devices."
-            )
+    visible = len(_devices())
+    if devices is None and visible != chips:
+        raise ValueError(
+            f"A {TPU_V4_SLICES[chips][0]} slice has {chips} chips but {visible} devices are "
+            "visible. Run on the whole slice (every host, joined by initialize_multi_host()) "
+            "or pass devices."
+        )
     return device_mesh((chips // model_size, model_size), devices=devices)
 
 

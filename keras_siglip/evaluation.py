@@ -7,8 +7,6 @@ the right one ranks above it, so a collapsed model whose embeddings are all
 equal scores 0, never a lucky index order.
 """
 
-import weakref
-
 import keras
 import numpy as np
 
@@ -26,35 +24,48 @@ def _check_ks(ks):
     return ks
 
 
-class _NormalizedTower(keras.Model):
-    """One tower of a SigLIP followed by its L2 normalisation, as a model of its own.
+class _Encoder(keras.Model):
+    """`model.encode_images` or `model.encode_texts` as a model of its own.
 
-    Encoding through `predict` runs a compiled forward pass on every backend
-    (one `jit` per input shape on JAX instead of one per op), with the tower's
-    current weights.
+    Encoding through its `predict` runs a compiled forward pass on every
+    backend (one `jit` per input shape on JAX, instead of one per op). The
+    SigLIP is an attribute, so its variables are this model's: `predict`
+    reads their current values, not the ones of the first trace.
     """
 
-    def __init__(self, encode, **kwargs):
+    def __init__(self, siglip, kind, **kwargs):
         super().__init__(**kwargs)
-        self.encode = encode
+        self.siglip = siglip
+        self.kind = kind
 
     def call(self, inputs):
-        return self.encode(inputs, training=False)
+        if self.kind == "images":
+            return self.siglip.encode_images(inputs, training=False)
+        return self.siglip.encode_texts(inputs, training=False)
 
 
-_towers = weakref.WeakKeyDictionary()
+# The encoders of the model evaluated last (their compiled functions are reused
+# call after call); one model at most is kept alive by this cache.
+_cached = {"model": None, "encoders": None}
 
 
-def _tower(model, kind):
-    if model not in _towers:
-        _towers[model] = {
-            "images": _NormalizedTower(model.encode_images, name="image_tower"),
-            "texts": _NormalizedTower(model.encode_texts, name="text_tower"),
-        }
-    return _towers[model][kind]
+def _encoder(model, kind):
+    if _cached["model"] is not model:
+        _cached["model"] = model
+        _cached["encoders"] = {k: _Encoder(model, k, name=f"{k}_encoder") for k in ("images", "texts")}
+    return _cached["encoders"][kind]
 
 
-def encode_images(model, images, batch_size=256):
+def _predict_padded(encoder, inputs, batch_size):
+    """`encoder.predict` on inputs padded to whole batches: one compiled shape for every call."""
+    count = len(inputs)
+    padding = -count % batch_size
+    if padding:
+        inputs = np.concatenate([inputs, np.repeat(inputs[-1:], padding, axis=0)])
+    return _to_numpy(encoder.predict(inputs, batch_size=batch_size, verbose=0))[:count]
+
+
+def encode_images(model, images, batch_size=128):
     """L2-normalised image embeddings `(N, dim)` as NumPy.
 
     Example:
@@ -63,10 +74,10 @@ def encode_images(model, images, batch_size=256):
     images = np.asarray(images, "float32")
     if len(images) == 0:
         raise ValueError("encode_images got no images.")
-    return _to_numpy(_tower(model, "images").predict(images, batch_size=batch_size, verbose=0))
+    return _predict_padded(_encoder(model, "images"), images, batch_size)
 
 
-def encode_texts(model, tokenizer, texts, batch_size=256):
+def encode_texts(model, tokenizer, texts, batch_size=128):
     """L2-normalised text embeddings `(N, dim)` of a list of strings.
 
     `tokenizer` maps a list of strings to int token ids `(batch, length)`
@@ -76,7 +87,7 @@ def encode_texts(model, tokenizer, texts, batch_size=256):
     if not texts or not all(isinstance(text, str) for text in texts):
         raise ValueError("encode_texts needs a non-empty list of strings.")
     token_ids = np.asarray(keras.ops.convert_to_numpy(tokenizer(texts)), "int32")
-    return _to_numpy(_tower(model, "texts").predict(token_ids, batch_size=batch_size, verbose=0))
+    return _predict_padded(_encoder(model, "texts"), token_ids, batch_size)
 
 
 def class_embeddings_from_prompts(prompt_embeddings, prompts_per_class):
@@ -222,7 +233,7 @@ class ZeroShotClassifier:
     """
 
     def __init__(self, model, tokenizer, class_names=None, templates=DEFAULT_TEMPLATES,
-                 class_prompts=None, batch_size=256):
+                 class_prompts=None, batch_size=128):
         if (class_names is None) == (class_prompts is None):
             raise ValueError("Pass exactly one of class_names and class_prompts.")
         if class_prompts is None:
@@ -374,7 +385,7 @@ class RetrievalCallback(_PeriodicEvaluation):
     """
 
     def __init__(self, tokenizer, images, texts, text_image_ids=None, relevance=None, ks=(1, 5, 10),
-                 every_n_epochs=1, every_n_steps=None, prefix="retrieval_", batch_size=256):
+                 every_n_epochs=1, every_n_steps=None, prefix="retrieval_", batch_size=128):
         super().__init__(every_n_epochs, every_n_steps, prefix)
         self.tokenizer = tokenizer
         self.images = images

@@ -219,7 +219,22 @@ class SigLIP(keras.Model):
             optimizer.exclude_from_weight_decay(
                 var_list=[v for v in self.trainable_variables if not is_weight_decayed(v)]
             )
-        super().compile(optimizer=optimizer, loss=loss, **kwargs)
+        # Keras's own loss container cannot route our dict; keeping it empty also
+        # spares train_on_batch a symbolic rebuild per call.
+        super().compile(optimizer=optimizer, loss=None, **kwargs)
+        self.loss = loss
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config is not None:
+            config["loss"] = keras.saving.serialize_keras_object(self.loss)
+        return config
+
+    def compile_from_config(self, config):
+        """Re-compiles a loaded model with its saved optimizer and loss."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The contrastive loss of the forward pass `fit` already ran (`y_pred`)."""
@@ -264,19 +279,34 @@ class SigLIP(keras.Model):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         self.validate_inputs(x)
 
+    def _state_variables(self, kind):
+        """The variable lists that a JAX step function's `state` holds, in order."""
+        lists = [self.trainable_variables, self.non_trainable_variables]
+        if kind == "train":
+            lists.append(self.optimizer.variables)
+        if kind in ("train", "test"):
+            lists.append(self.metrics_variables)
+        return lists
+
     def make_train_function(self, force=False):
         super().make_train_function(force)
-        self.train_function = backend.guard_step_function(self.train_function, self._check_batch)
+        self.train_function = backend.guard_step_function(
+            self.train_function, self._check_batch, lambda: self._state_variables("train")
+        )
         return self.train_function
 
     def make_test_function(self, force=False):
         super().make_test_function(force)
-        self.test_function = backend.guard_step_function(self.test_function, self._check_batch)
+        self.test_function = backend.guard_step_function(
+            self.test_function, self._check_batch, lambda: self._state_variables("test")
+        )
         return self.test_function
 
     def make_predict_function(self, force=False):
         super().make_predict_function(force)
-        self.predict_function = backend.guard_step_function(self.predict_function, self._check_batch)
+        self.predict_function = backend.guard_step_function(
+            self.predict_function, self._check_batch, lambda: self._state_variables("predict")
+        )
         return self.predict_function
 
     # -- serialisation ------------------------------------------------------

@@ -47,14 +47,15 @@ flags.DEFINE_integer("num_heads", 2, "Attention heads.")
 flags.DEFINE_integer("mlp_dim", 128, "MLP hidden width.")
 flags.DEFINE_integer("image_size", None, "Image side (default 16 for digits, 32 for shapes).")
 flags.DEFINE_integer("patch_size", 4, "ViT patch side.")
-flags.DEFINE_integer("sequence_length", 16, "Text tokens per caption.")
+flags.DEFINE_integer("sequence_length", 12, "Text tokens per caption.")
 flags.DEFINE_enum("loss", "sigmoid", ["sigmoid", "softmax"], "Contrastive loss.")
 flags.DEFINE_integer("batch_size", 64, "Pairs per step.")
 flags.DEFINE_integer("steps", 1500, "Training steps.")
 flags.DEFINE_float("learning_rate", 3e-3, "Peak learning rate (warmup, then cosine decay).")
 flags.DEFINE_integer("warmup_steps", 100, "Linear warmup steps.")
 flags.DEFINE_float("weight_decay", 1e-4, "AdamW weight decay (kernels only).")
-flags.DEFINE_integer("checkpoint_every", 100, "Steps between checkpoints and evaluations (one Keras epoch).")
+flags.DEFINE_integer("checkpoint_every", 100, "Steps between checkpoints (one Keras epoch).")
+flags.DEFINE_integer("eval_every", 100, "Steps between held-out evaluations during training; 0 for none.")
 flags.DEFINE_integer("seed", 0, "Seed for initialisation and data order.")
 flags.DEFINE_string("workdir", "siglip_main_job", "Output folder; rerun with the same one to resume.")
 flags.DEFINE_integer("verbose", 1, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
@@ -206,6 +207,7 @@ def _seen_classes(test):
 
 def run(config):
     """Trains, evaluates and writes the outputs; returns the results dict."""
+    config = dict(config)
     started = time.time()
     workdir = pathlib.Path(config["workdir"])
     workdir.mkdir(parents=True, exist_ok=True)
@@ -244,12 +246,19 @@ def run(config):
         keras.callbacks.BackupAndRestore(str(workdir / "backup"), save_freq="epoch"),
         batches.epoch_callback(),
         StepLossLog(str(workdir / "loss.csv")),
-        evaluation.ZeroShotCallback(
-            evaluation.ZeroShotClassifier(model, tokenizer, class_prompts=prompts), test.images, test.labels
-        ),
-        evaluation.RetrievalCallback(tokenizer, test.images, retrieval_texts, relevance=relevance, ks=(1, 5)),
-        keras.callbacks.ModelCheckpoint(str(workdir / "checkpoint.weights.h5"), save_weights_only=True),
     ]
+    if config["eval_every"]:
+        schedule = dict(every_n_steps=config["eval_every"], every_n_epochs=None)
+        classifier = evaluation.ZeroShotClassifier(model, tokenizer, class_prompts=prompts)
+        callbacks += [
+            evaluation.ZeroShotCallback(classifier, test.images, test.labels, **schedule),
+            evaluation.RetrievalCallback(
+                tokenizer, test.images, retrieval_texts, relevance=relevance, ks=(1, 5), **schedule
+            ),
+        ]
+    callbacks.append(
+        keras.callbacks.ModelCheckpoint(str(workdir / "checkpoint.weights.h5"), save_weights_only=True)
+    )
     if config["tensorboard"]:
         callbacks.append(keras.callbacks.TensorBoard(str(workdir / "tensorboard"), update_freq="epoch"))
     model.fit(batches, epochs=epochs, callbacks=callbacks, verbose=config["verbose"])
@@ -275,7 +284,10 @@ def run(config):
         preset_dir.mkdir(parents=True)
         model.save(str(preset_dir / "model.keras"))
 
-    sample = np.arange(0, len(test), max(len(test) // 12, 1))[:12]
+    # Held-out images grouped by class (12 at most), so matches lie on the diagonal.
+    classes = np.unique(test.labels)
+    per_class = max(12 // len(classes), 1)
+    sample = [int(i) for label in classes for i in np.flatnonzero(test.labels == label)[:per_class]][:12]
     captions = [test.captions_of(i)[0] for i in sample]
     similarity = model.similarity(
         evaluation.encode_images(model, test.images[sample]),
@@ -319,14 +331,29 @@ def print_report(results, workdir):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    run({name: FLAGS[name].value for name in FLAGS if name in _FLAG_NAMES})
+    run({name: FLAGS[name].value for name in _FLAG_NAMES})
 
 
 _FLAG_NAMES = (
-    "dataset languages preset variant width depth num_heads mlp_dim image_size patch_size sequence_length "
-    "loss batch_size steps learning_rate warmup_steps weight_decay checkpoint_every seed workdir verbose "
-    "tensorboard"
-).split()
+    "dataset", "languages", "preset", "variant", "width", "depth", "num_heads", "mlp_dim", "image_size",
+    "patch_size", "sequence_length", "loss", "batch_size", "steps", "learning_rate", "warmup_steps",
+    "weight_decay", "checkpoint_every", "eval_every", "seed", "workdir", "verbose", "tensorboard",
+)  # fmt: skip
+
+
+def default_config(**overrides):
+    """The flags' defaults as a dict for `run`, with `overrides` (for scripts and tests).
+
+    Example:
+    >>> default_config(steps=10)["steps"]
+    10
+    """
+    unknown = sorted(set(overrides) - set(_FLAG_NAMES))
+    if unknown:
+        raise ValueError(f"Unknown settings {unknown}; known: {list(_FLAG_NAMES)}.")
+    config = {name: FLAGS[name].default for name in _FLAG_NAMES}
+    config.update(overrides)
+    return config
 
 
 if __name__ == "__main__":

@@ -49,6 +49,12 @@ def test_resize_and_scale_match_reference():
     # Upsampling too, and the [0, 255] -> [-1, 1] end points.
     up = as_numpy(SigLIPImagePreprocessor(image_size=48)(images[0]))
     np.testing.assert_allclose(up, bilinear_resize(images[0], 48, 48) / 255.0 * 2 - 1, atol=2e-5)
+    # At the model resolution the resize is skipped; that is exactly what resizing does at scale 1.
+    same = as_numpy(SigLIPImagePreprocessor(image_size=(37, 53))(images))
+    np.testing.assert_allclose(same, images / 255.0 * 2 - 1, atol=1e-6)
+    np.testing.assert_allclose(
+        same, tf.image.resize(images, (37, 53)).numpy() / 255.0 * 2 - 1, atol=1e-6
+    )
     extremes = np.zeros((4, 4, 3), "uint8")
     extremes[2:] = 255
     scaled = as_numpy(SigLIPImagePreprocessor(image_size=4)(extremes))

@@ -172,6 +172,10 @@ def test_token_ids_outside_the_vocabulary_raise_in_call_fit_and_predict(bad_id):
         model.fit(data, batch_size=4, verbose=0)
     with pytest.raises(ValueError, match=message):
         model.predict(data, verbose=0)
+    # The rejected batches cost nothing: the model still works and trains.
+    data["token_ids"][2, 3] = 0
+    model.fit(data, batch_size=4, verbose=0)
+    assert np.all(np.isfinite(model.predict(data, verbose=0)["image_embeddings"]))
 
 
 def test_token_ids_outside_the_vocabulary_raise_from_a_tf_dataset():

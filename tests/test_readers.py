@@ -81,7 +81,7 @@ def tokenizer(corpus):
     sentences = [s["caption"] for s in samples if s["caption"]] * 20
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences), model_writer=model, vocab_size=32, pad_id=0, eos_id=1,
+        sentence_iterator=iter(sentences), model_writer=model, vocab_size=39, pad_id=0, eos_id=1,
         unk_id=2, bos_id=-1, minloglevel=2,
     )
     return SigLIPTokenizer(model.getvalue(), sequence_length=SEQUENCE_LENGTH)
@@ -114,33 +114,40 @@ def test_reader_content(corpus, tokenizer, layout):
     preprocessor = SigLIPImagePreprocessor(IMAGE_SIZE)
     dataset = readers(root)[layout](tokenizer, preprocessor, 5, training=False, drop_remainder=False)
     assert dataset.element_spec["images"].shape.as_list() == [None, IMAGE_SIZE, IMAGE_SIZE, 3]
+    assert sorted(b["images"].shape[0] for b in dataset) == [2, 5, 5]
     images, token_ids = collect(dataset)
     assert images.shape == (12, IMAGE_SIZE, IMAGE_SIZE, 3) and token_ids.shape == (12, SEQUENCE_LENGTH)
     # Each output pair is a sample's image with that sample's caption.
     expected_ids = keras.ops.convert_to_numpy(tokenizer([s["caption"] for s in samples]))
     expected_images = np.stack([keras.ops.convert_to_numpy(preprocessor(s["bytes"])) for s in samples])
+    # Resized pixels are rounded to uint8 before batching (at most half a level apart).
     for image, ids in zip(images, token_ids):
         index = int(np.argmin(np.abs(expected_images - image).reshape(12, -1).max(axis=1)))
-        np.testing.assert_allclose(image, expected_images[index], atol=1e-6)
+        np.testing.assert_allclose(image, expected_images[index], atol=1 / 255 + 1e-6)
         np.testing.assert_array_equal(ids, expected_ids[index])
+    exact, _ = collect(readers(root)[layout](tokenizer, preprocessor, 4, training=False, exact_resize=True))
+    for image in exact:
+        assert np.abs(expected_images - image).reshape(12, -1).max(axis=1).min() < 1e-6
     np.testing.assert_array_equal(  # the empty caption: EOS, then EOS padding
         expected_ids[11], np.full(SEQUENCE_LENGTH, tokenizer.eos_id)
     )
     if layout == "csv":  # one file, no shuffling: the manifest's order
-        np.testing.assert_allclose(images, expected_images, atol=1e-6)
+        np.testing.assert_allclose(images, expected_images, atol=1 / 255 + 1e-6)
 
 
 def test_drop_remainder_and_sharding(corpus, tokenizer):
     root, _ = corpus
     preprocessor = SigLIPImagePreprocessor(IMAGE_SIZE)
-    for make in readers(root).values():
-        batches = list(make(tokenizer, preprocessor, 5, training=False))
-        assert [b["images"].shape[0] for b in batches] == [5, 5]
-        parts = [collect(make(tokenizer, preprocessor, 1, training=False, shard=(i, 2)))[1] for i in range(2)]
-        assert len(parts[0]) == len(parts[1]) == 6
-        whole = collect(make(tokenizer, preprocessor, 1, training=False))[1]
-        both = sorted(map(tuple, np.concatenate(parts)))
-        assert both == sorted(map(tuple, whole))
+    layouts = readers(root)
+    batches = list(layouts["tfrecord"](tokenizer, preprocessor, 5, training=False))
+    assert [b["images"].shape[0] for b in batches] == [5, 5]  # drop_remainder=True by default
+    # Rows of a manifest are split between hosts; tar / TFRecord shards file by file.
+    for name in ("csv", "tar"):
+        whole = collect(layouts[name](tokenizer, preprocessor, 1, training=False))[1]
+        parts = [collect(layouts[name](tokenizer, preprocessor, 1, training=False, shard=(i, 2)))[1]
+                 for i in range(2)]
+        assert len(parts[0]) == len(parts[1]) == 6, name
+        assert sorted(map(tuple, np.concatenate(parts))) == sorted(map(tuple, whole)), name
     with pytest.raises(ValueError, match="shard"):
         read_manifest(str(root / "pairs.csv"), tokenizer, preprocessor, 2, shard=(2, 2))
 
@@ -148,16 +155,18 @@ def test_drop_remainder_and_sharding(corpus, tokenizer):
 def test_deterministic_shuffle_and_augmentation(corpus, tokenizer):
     root, _ = corpus
     preprocessor = SigLIPImagePreprocessor(IMAGE_SIZE, random_resized_crop=True, horizontal_flip=True)
-    for name, make in readers(root).items():
+    layouts = readers(root)
+    for name in ("csv", "tar"):
         def run(seed):
-            return collect(make(tokenizer, preprocessor, 4, seed=seed, deterministic=True, shuffle_buffer=12))
+            return collect(layouts[name](tokenizer, preprocessor, 4, seed=seed, deterministic=True,
+                                         shuffle_buffer=12))
 
         first, again, other = run(1), run(1), run(2)
         np.testing.assert_array_equal(first[0], again[0], err_msg=name)
         np.testing.assert_array_equal(first[1], again[1], err_msg=name)
         assert not np.array_equal(first[0], other[0]), name
-        plain = collect(make(tokenizer, preprocessor, 4, training=False))
-        assert not np.array_equal(first[0], plain[0]), name  # augmented in training only
+    plain = collect(layouts["tar"](tokenizer, preprocessor, 4, training=False))
+    assert not np.array_equal(first[0], plain[0])  # augmented in training only
     with pytest.raises(ValueError, match="seed"):
         read_manifest(str(root / "pairs.csv"), tokenizer, preprocessor, 2, deterministic=True)
 
@@ -224,7 +233,7 @@ def test_training_run(corpus, tokenizer):
                         vocabulary_size=tokenizer.vocabulary_size())
     model.compile()
     before = [keras.ops.convert_to_numpy(w).copy() for w in model.trainable_weights]
-    history = model.fit(dataset, epochs=2, verbose=0)
+    history = model.fit(dataset, epochs=2, verbose=0)  # 3 batches an epoch
     losses = history.history["loss"]
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
     after = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]

@@ -19,6 +19,20 @@ from keras_siglip.data.embedded import EMBEDDED_VOCABULARY
 from keras_siglip.templates import CLIP_TEMPLATES
 
 VOCABULARY_SIZE = 400
+TRAINER_OPTIONS = dict(
+    vocab_size=VOCABULARY_SIZE,
+    model_type="bpe",  # whole words for this small corpus; unigram stops near 200 pieces
+    character_coverage=1.0,
+    pad_id=0,
+    eos_id=1,
+    unk_id=2,
+    bos_id=-1,
+    num_threads=1,
+    shuffle_input_sentence=False,
+    input_sentence_size=0,
+    normalization_rule_name="nmt_nfkc",
+    minloglevel=2,
+)
 
 
 def corpus():
@@ -30,20 +44,7 @@ def corpus():
 def main():
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus()),
-        model_writer=model,
-        vocab_size=VOCABULARY_SIZE,
-        model_type="bpe",
-        character_coverage=1.0,
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        num_threads=1,
-        shuffle_input_sentence=False,
-        input_sentence_size=0,
-        normalization_rule_name="nmt_nfkc",
-        minloglevel=2,
+        sentence_iterator=iter(corpus()), model_writer=model, **TRAINER_OPTIONS
     )
     EMBEDDED_VOCABULARY.parent.mkdir(parents=True, exist_ok=True)
     EMBEDDED_VOCABULARY.write_bytes(model.getvalue())

@@ -13,6 +13,7 @@ inputs with an independent NumPy forward pass over the checkpoint
 import os
 import sys
 
+import keras
 import numpy as np
 from absl import app, flags
 
@@ -54,7 +55,8 @@ def report(ours, reference, tolerance):
     """Prints one line per output; returns 1 if any differs by more than `tolerance`."""
     status = 0
     for name, mine, theirs in zip(("image embeddings", "text embeddings", "logits"), ours, reference):
-        error = float(np.max(np.abs(np.asarray(mine, np.float64) - np.asarray(theirs, np.float64))))
+        mine = keras.ops.convert_to_numpy(mine).astype(np.float64)
+        error = float(np.max(np.abs(mine - np.asarray(theirs, np.float64))))
         ok = error <= tolerance
         status |= not ok
         print(f"{name:<17} max abs error {error:.2e}  {'ok' if ok else 'MISMATCH'}")

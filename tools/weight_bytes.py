@@ -1,8 +1,8 @@
 """Per-device weight bytes of SigLIP So400m and multilingual B: replicated vs model parallel.
 
     python tools/weight_bytes.py            # from shapes and layouts, allocates nothing
-    python tools/weight_bytes.py --measure  # also builds each model under each mesh and
-                                            # adds up the shards that device 0 really holds
+    python tools/weight_bytes.py --measure  # also builds each model under each model-parallel
+                                            # mesh and adds up the shards device 0 really holds
 
 Runs on 8 simulated CPU devices unless real accelerators are present. Each
 mesh is (batch, model); "replicated" is `DataParallel` over the 8 devices.
@@ -98,7 +98,9 @@ def main():
             failures += ok == "NO"
             row = (f"| {name} | {params / 1e6:.1f}M | {largest.path.split('/', 1)[1]} {tuple(largest.shape)} "
                    f"| {label} | {held / 2**20:,.1f} | {ratio:.3f} | {ok} |")
-            if args.measure:
+            if args.measure and ok == "-":
+                row += " (a full copy; not allocated 8 times) |"
+            elif args.measure:
                 start = time.perf_counter()
                 measured = measured_bytes(variant, arguments, strategy)
                 row += f" {measured / 2**20:,.1f} ({time.perf_counter() - start:.0f} s) |"

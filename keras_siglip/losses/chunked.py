@@ -262,8 +262,12 @@ UNKNOWN_BATCH_CHUNK = 1024
 TWO_PASS_ACCUMULATOR_BYTES = 2**30
 
 
-def plan_chunks(batch_size, dim, dtype, chunk_size=None, block_budget=None):
-    """Chooses dense or chunked, and the blocks, for one device holding the batch."""
+def plan_chunks(batch_size, dim, dtype, chunk_size=None, block_budget=None, allow_dense=True):
+    """Chooses dense or chunked, and the blocks, for one device holding the batch.
+
+    `allow_dense=False` gives the blocks the automatic choice would use even
+    where it would compute densely (the benchmark's "chunked" rows).
+    """
     accelerator = backend.has_accelerator()
     if block_budget is None:
         block_budget = ACCELERATOR_BLOCK_BUDGET if accelerator else CPU_BLOCK_BUDGET
@@ -274,7 +278,7 @@ def plan_chunks(batch_size, dim, dtype, chunk_size=None, block_budget=None):
         col_chunk = chunk_size if batch_size is None else min(chunk_size, batch_size)
     elif batch_size is None:
         col_chunk = UNKNOWN_BATCH_CHUNK
-    elif batch_size * batch_size <= block_budget:
+    elif allow_dense and batch_size * batch_size <= block_budget:
         return ChunkPlan("dense")
     else:
         col_chunk = _power_of_two_at_most(max(block_budget // batch_size, min_chunk))

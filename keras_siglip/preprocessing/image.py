@@ -148,20 +148,58 @@ class SigLIPImagePreprocessor(ImageConverter):
             image = tf.image.stateless_random_flip_left_right(image, flip_seed)
         return image
 
+    def resize(self, images):
+        """Resize `(..., H, W, C)` pixels to the model size: float32, still in [0, 255]."""
+        height, width = self.image_size
+        shape = tf.shape(images)
+        # Data stored at the model resolution (img2dataset's usual set-up) skips
+        # the resize: at scale 1 every kernel samples exactly one source pixel.
+        resized = tf.cond(
+            tf.logical_and(tf.equal(shape[-3], height), tf.equal(shape[-2], width)),
+            lambda: tf.cast(images, tf.float32),
+            lambda: tf.image.resize(images, self.image_size, method=self.interpolation, antialias=self.antialias),
+        )
+        return tf.ensure_shape(resized, images.shape[:-3] + (height, width) + images.shape[-1:])
+
+    def resize_to_uint8(self, image):
+        """Like `resize`, but rounded back to uint8 (as PIL, hence transformers, resizes).
+
+        A quarter of the bytes of float32 to move and batch: the readers' fast
+        path. Pixels stored at the model resolution pass through untouched;
+        resized ones differ from `resize` by at most half a level.
+        """
+        if image.dtype != tf.uint8:
+            raise ValueError(f"resize_to_uint8 takes uint8 pixels; got {image.dtype.name}.")
+        height, width = self.image_size
+        shape = tf.shape(image)
+        resized = tf.cond(
+            tf.logical_and(tf.equal(shape[-3], height), tf.equal(shape[-2], width)),
+            lambda: image,
+            lambda: tf.saturate_cast(tf.round(self.resize(image)), tf.uint8),
+        )
+        return tf.ensure_shape(resized, image.shape[:-3] + (height, width) + image.shape[-1:])
+
+    def scale_pixels(self, images):
+        """Pixels in [0, 255] to [-1, 1], as big_vision's `value_range(-1, 1)`: x / 255 * 2 - 1."""
+        return tf.cast(images, tf.float32) / 255.0 * 2.0 - 1.0
+
     def resize_and_scale(self, images):
         """Resize `(..., H, W, 3)` pixels in [0, 255] to the model size and map them to [-1, 1]."""
-        images = tf.image.resize(
-            images, self.image_size, method=self.interpolation, antialias=self.antialias
-        )
-        # big_vision's value_range(-1, 1): (x - 0) / (255 - 0) * 2 - 1, in that order.
-        return images / 255.0 * 2.0 - 1.0
+        return self.scale_pixels(self.resize(images))
 
-    def preprocess_image(self, image, training=False, seed=None):
-        """One `(H, W, 3)` image (pixels in [0, 255]) to float32 `(S, S, 3)` in [-1, 1]."""
+    def resized_image(self, image, training=False, seed=None):
+        """One `(H, W, C)` image, augmented if training, resized: float32 `(S, S, 3)` in [0, 255].
+
+        The readers call this per image and `scale_pixels` once per batch.
+        """
         image = self._as_rgb(image)
         if training and self.augments:
             image = self.augment(image, self._draw_seeds(1)[0] if seed is None else seed)
-        return self.resize_and_scale(image)
+        return self.resize(image)
+
+    def preprocess_image(self, image, training=False, seed=None):
+        """One `(H, W, 3)` image (pixels in [0, 255]) to float32 `(S, S, 3)` in [-1, 1]."""
+        return self.scale_pixels(self.resized_image(image, training=training, seed=seed))
 
     def preprocess_encoded(self, encoded, training=False, seed=None):
         """Encoded bytes of one image to float32 `(S, S, 3)` in [-1, 1]."""

@@ -166,9 +166,24 @@ class SigLIPTokenizer(SentencePieceTokenizer):
         self._check_vocabulary()
         return self._tokenize_fixed_length(inputs)
 
+    def _live_sentence_piece(self):
+        """The tensorflow-text tokenizer, rebuilt if its resource was freed.
+
+        `keras.utils.clear_session()` on TensorFlow clears the kernel cache,
+        which owns the SentencePiece resource. A cheap eager probe (lifted out
+        of any `tf.data` trace) finds that out before the handle is used.
+        """
+        self._maybe_initialized_tf()
+        with tf.init_scope():
+            try:
+                self._sentence_piece.tokenize(tf.constant([""]))
+            except tf.errors.NotFoundError:
+                self._set_proto_tf(self.proto)
+        return self._sentence_piece
+
     @preprocessing_function
     def _tokenize_fixed_length(self, inputs):
-        self._maybe_initialized_tf()
+        sentence_piece = self._live_sentence_piece()
         texts = tf.convert_to_tensor(inputs)
         if texts.dtype != tf.string:
             raise ValueError(f"SigLIPTokenizer takes strings; got a tensor of {texts.dtype.name}.")
@@ -179,7 +194,7 @@ class SigLIPTokenizer(SentencePieceTokenizer):
         unbatched = texts.shape.rank == 0
         if unbatched:
             texts = texts[tf.newaxis]
-        pieces = self._sentence_piece.tokenize(self.normalize(texts))
+        pieces = sentence_piece.tokenize(self.normalize(texts))
         pieces = tf.cast(pieces[:, : self.sequence_length - 1], self.compute_dtype)
         eos = tf.fill([pieces.nrows(), 1], tf.constant(self.eos_id, self.compute_dtype))
         ids = tf.concat([pieces, tf.RaggedTensor.from_tensor(eos)], axis=1)

@@ -76,7 +76,7 @@ def assign(model, arrays, rules, source_name, ignored=()):
         ignored: source keys that are known and deliberately unused.
     """
     weights = model_weights(model)
-    missing = [rule.source for rule in rules if rule.source not in arrays]
+    missing = sorted({rule.source for rule in rules if rule.source not in arrays})
     if missing:
         raise ValueError(f"{source_name} lacks {len(missing)} expected key(s): {_listing(missing)}.")
     used = {rule.source for rule in rules} | set(ignored)

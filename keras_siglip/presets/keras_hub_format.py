@@ -6,7 +6,7 @@ are then named by where they sit in the backbone (`vision/encoder_block_0/...`),
 independent of the layer-name prefixes keras-hub derives from model names.
 """
 
-import numpy as np
+import keras
 
 from keras_siglip.presets.checkpoint import Rule, identity, scalar, to_shape
 
@@ -18,12 +18,17 @@ def load_backbone(handle):
     return keras_hub.models.SigLIPBackbone.from_preset(handle)
 
 
-def _relative_arrays(prefix, layer):
-    """`{prefix/path-inside-layer: array}`; keras-hub prefixes its layer names with the model name."""
+def _relative_arrays(prefix, layer, names=()):
+    """`{prefix/path-inside-layer: array}`; keras-hub prefixes its layer names with the model name.
+
+    `names` gives `(variable, name)` pairs for weights created without a name
+    (the MAP probe), whose automatic names change with what else was built.
+    """
+    named = {id(variable): name for variable, name in names}
     arrays = {}
     for variable in layer.weights:
-        inner = variable.path.split("/", 1)[1]
-        arrays[f"{prefix}/{inner}"] = np.asarray(variable.numpy())
+        inner = named.get(id(variable)) or variable.path.split("/", 1)[1]
+        arrays[f"{prefix}/{inner}"] = keras.ops.convert_to_numpy(variable)
     return arrays
 
 
@@ -35,9 +40,10 @@ def backbone_arrays(backbone):
         for i, block in enumerate(tower.encoder_layers):
             arrays.update(_relative_arrays(f"{tower_name}/encoder_block_{i}", block))
         arrays.update(_relative_arrays(f"{tower_name}/post_layer_norm", tower.post_layer_norm))
-        arrays.update(_relative_arrays(f"{tower_name}/head", tower.head))
+        probe = getattr(tower.head, "probe", None)
+        arrays.update(_relative_arrays(f"{tower_name}/head", tower.head, [(probe, "probe")] if probe is not None else ()))
     for variable in backbone.siglip_head.weights:
-        arrays[variable.path.rsplit("/", 1)[1]] = np.asarray(variable.numpy())
+        arrays[variable.path.rsplit("/", 1)[1]] = keras.ops.convert_to_numpy(variable)
     return arrays
 
 
@@ -130,7 +136,7 @@ def rules(config):
         Rule("vision/embedding/position_embedding/embeddings", "image_encoder/patch_embedding/position_embedding",
              add_batch_axis),
         *_tower("vision", "image_encoder", image),
-        Rule("vision/head/variable", "image_encoder/map_pooling/probe", identity),
+        Rule("vision/head/probe", "image_encoder/map_pooling/probe", identity),
         *_attention("vision/head/attention", "image_encoder/map_pooling/attention", image["width"]),
         *_layer_norm("vision/head/layernorm", "image_encoder/map_pooling/layer_norm"),
         *_mlp("vision/head/mlp", "image_encoder/map_pooling/mlp"),

@@ -81,18 +81,47 @@ def from_preset(handle, load_weights=True, dtype=None):
 
 
 def load_preset(handle, load_weights=True, dtype=None):
-    """The model with the tokenizer and image converter stored in the same preset (None if absent)."""
+    """The model with its tokenizer and image preprocessor, as a `LoadedPreset(model, tokenizer, image_converter)`.
+
+    This library's presets give back what `save_to_preset` stored; transformers
+    and keras-hub checkpoints give a `SigLIPTokenizer` on their SentencePiece
+    file (big_vision's text rules) and a `SigLIPImagePreprocessor` at the
+    model's resolution. A big_vision `.npz` holds no vocabulary: its tokenizer
+    is None (its image preprocessor is still made).
+    """
+    handle = os.fspath(handle)
+    if handle in registry.PRESETS:
+        entry = registry.PRESETS[handle]
+        if "image_tower_from" in entry or not entry["sources"] or not load_weights:
+            return LoadedPreset(_from_builtin(handle, load_weights, dtype), None, None)
+        loaded = _first_source(handle, entry, lambda source: load_preset(source, dtype=dtype))
+        return loaded._replace(model=_fit_registry(handle, entry["config"], loaded.model))
     model = from_preset(handle, load_weights=load_weights, dtype=dtype)
-    if handle in registry.PRESETS or _is_name(handle) or str(handle).endswith(".npz"):
-        return LoadedPreset(model, None, None)
+    return LoadedPreset(model, *_preprocessing(handle, model))
+
+
+def _preprocessing(handle, model):
+    from keras_siglip.preprocessing import SigLIPImagePreprocessor, SigLIPTokenizer
+
+    image_converter = SigLIPImagePreprocessor(image_size=model.image_encoder.image_size)
+    if handle.endswith(".npz"):
+        return None, image_converter
     config = _load_config(handle)
-    loader = preset_utils.KerasPresetLoader(handle, config)
-    tokenizer = image_converter = None
-    if preset_utils.check_file_exists(handle, preset_utils.TOKENIZER_CONFIG_FILE):
-        tokenizer = loader.load_tokenizer(None)
-    if preset_utils.check_file_exists(handle, preset_utils.IMAGE_CONVERTER_CONFIG_FILE):
-        image_converter = loader.load_image_converter(None)
-    return LoadedPreset(model, tokenizer, image_converter)
+    if config.get("registered_name") == OUR_CLASS:
+        loader = preset_utils.KerasPresetLoader(handle, config)
+        tokenizer = image_converter = None
+        if preset_utils.check_file_exists(handle, preset_utils.TOKENIZER_CONFIG_FILE):
+            tokenizer = loader.load_tokenizer(SigLIPTokenizer)
+        if preset_utils.check_file_exists(handle, preset_utils.IMAGE_CONVERTER_CONFIG_FILE):
+            image_converter = loader.load_image_converter(SigLIPImagePreprocessor)
+        return tokenizer, image_converter
+    # transformers keeps `spiece.model` at the top; keras-hub under assets/tokenizer/.
+    for vocabulary in ("spiece.model", f"{preset_utils.TOKENIZER_ASSET_DIR}/vocabulary.spm"):
+        if preset_utils.check_file_exists(handle, vocabulary):
+            proto = preset_utils.get_file(handle, vocabulary)
+            tokenizer = SigLIPTokenizer(proto=proto, sequence_length=model.text_encoder.sequence_length)
+            return tokenizer, image_converter
+    return None, image_converter
 
 
 def save_preset(folder, model, tokenizer=None, image_converter=None):
@@ -131,14 +160,17 @@ def _from_builtin(name, load_weights, dtype):
                       lock_image_tower=entry["lock_image_tower"])
     if not load_weights or not entry["sources"]:
         return registry.build_model(entry["config"], dtype=dtype)
+    return _fit_registry(name, entry["config"], _first_source(name, entry, lambda s: from_preset(s, dtype=dtype)))
+
+
+def _first_source(name, entry, load):
+    """`load(source)` for the first of the preset's sources that works."""
     errors = []
     for source in entry["sources"]:
         try:
-            model = from_preset(source, dtype=dtype)
+            return load(source)
         except (OSError, ImportError, ValueError) as error:
-            errors.append(f"{source}: {error}")
-            continue
-        return _fit_registry(name, entry["config"], model)
+            errors.append(f"  {source}: {type(error).__name__}: {error}")
     raise ValueError(f"Could not load preset {name!r} from any of its sources:\n" + "\n".join(errors))
 
 

@@ -14,12 +14,14 @@ import pathlib
 import socket
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
 import pytest
 
 from keras_siglip import SigLIP, backend, distribution, sigmoid_loss
+from keras_siglip.losses import sigmoid as sigmoid_module
 
 pytestmark = pytest.mark.multi_device
 
@@ -190,6 +192,10 @@ def test_sigmoid_loss_under_distribution_is_the_global_batch_loss(make_strategy)
         sharded = [jax.device_put(x, layout) for x in (images, texts)]
         loss, grads = loss_and_grads(*sharded, log_temperature, bias)
     assert sharded[0].sharding.spec[0] == "batch"
+    plan = getattr(sigmoid_module, "plan_sigmoid_loss", None)  # the ring of issue 3, once it exists
+    if plan is not None:
+        with strategy.scope():
+            assert plan(sharded[0]).method == "ring"
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
     np.testing.assert_allclose(float(loss), float(dense_loss), rtol=1e-5)
     for grad, dense in zip(grads, dense_grads):
@@ -244,15 +250,6 @@ def test_other_backends_are_told_to_use_one_device(monkeypatch):
             make()
 
 
-def test_torch_backend_error_for_real():
-    code = "from keras_siglip import distribution; distribution.data_parallel()"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, KERAS_BACKEND="torch"), cwd=ROOT)
-    assert result.returncode != 0
-    assert "ValueError: Data parallel training needs the JAX backend" in result.stderr
-    assert "'torch'" in result.stderr
-
-
 # -- two processes on one machine ---------------------------------------------------------
 
 
@@ -279,10 +276,10 @@ def test_two_processes_train_like_one(reference, tmp_path):
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for i in range(2)
     ]
-    outputs = []
+    outputs, deadline = [], time.monotonic() + 540  # minutes on a loaded 2-core machine, ~1 idle
     try:
         for worker in workers:
-            outputs.append(worker.communicate(timeout=240)[0])
+            outputs.append(worker.communicate(timeout=max(1, deadline - time.monotonic()))[0])
     finally:
         for worker in workers:
             if worker.poll() is None:

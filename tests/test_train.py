@@ -1,0 +1,102 @@
+"""The main job end to end with tiny settings, and its resume after SIGKILL (JAX)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from keras_siglip import train
+
+TINY_FLAGS = dict(
+    width=32, depth=1, num_heads=2, mlp_dim=64, image_size=8, patch_size=4, batch_size=16,
+    warmup_steps=2, verbose=0, tensorboard=False,
+)  # fmt: skip
+
+
+def _weights(path):
+    arrays = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+    return arrays
+
+
+def test_main_job_writes_every_output(tmp_path):
+    from keras_siglip import presets
+
+    flags = dict(TINY_FLAGS, steps=4, checkpoint_every=2, eval_every=2, tensorboard=True)
+    config = train.default_config(**flags, workdir=str(tmp_path))
+    results = train.run(config)
+    for language_result in results["zero_shot"].values():
+        assert 0.0 <= language_result["top1"] <= language_result["top5"] <= 1.0
+    assert set(results["retrieval"]["en"]) == {"image_to_text", "text_to_image"}
+    assert results["chance_top1"] == pytest.approx(0.1)
+    assert json.loads((tmp_path / "results.json").read_text())["steps"] == 4
+    assert [step for step, _ in train.read_loss_log(str(tmp_path / "loss.csv"))] == [1, 2, 3, 4]
+    assert (tmp_path / "main_job.png").stat().st_size > 10_000
+    assert (tmp_path / "checkpoint.weights.h5").exists()
+    assert not (tmp_path / "backup").exists()  # removed once training completed
+    assert any("events" in name for _, _, files in os.walk(tmp_path / "tensorboard") for name in files)
+    loaded = presets.load_preset(str(tmp_path / "preset"))
+    assert loaded.model.count_params() == results["parameters"]
+    assert loaded.tokenizer is not None and loaded.tokenizer.vocabulary_size() == 400
+
+
+def test_unknown_settings_are_rejected():
+    with pytest.raises(ValueError, match="Unknown settings"):
+        train.default_config(step=3)
+    with pytest.raises(ValueError, match="positive"):
+        train.run(train.default_config(**TINY_FLAGS, steps=0, workdir="/nonexistent-never-written"))
+
+
+def _command(workdir):
+    flags = dict(TINY_FLAGS, steps=40, checkpoint_every=2, eval_every=0, verbose=2, workdir=workdir)
+    return [sys.executable, "-m", "keras_siglip.train"] + [f"--{k}={v}" for k, v in flags.items()]
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the resume test runs the JAX main job")
+def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
+    killed = str(tmp_path / "killed")
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
+    process = subprocess.Popen(_command(killed), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    metadata = os.path.join(killed, "backup", "training_metadata.json")
+    deadline = time.time() + 300
+    epoch = 0
+    while time.time() < deadline and process.poll() is None:
+        if os.path.exists(metadata):
+            try:
+                epoch = json.load(open(metadata))["epoch"]
+            except (ValueError, KeyError):  # caught mid-write
+                epoch = 0
+            if epoch >= 3:
+                break
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    completed_steps = json.load(open(metadata))["epoch"] * 2
+    assert 6 <= completed_steps < 40
+
+    rerun = subprocess.run(_command(killed), env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    first_epoch = next(line for line in rerun.stdout.splitlines() if line.startswith("Epoch "))
+    assert first_epoch != "Epoch 1/20"  # it resumed, not restarted
+    steps = [step for step, _ in train.read_loss_log(os.path.join(killed, "loss.csv"))]
+    assert steps == list(range(1, 41))
+
+    # The uninterrupted reference, in this process with the same settings and seed.
+    reference = str(tmp_path / "reference")
+    train.run(train.default_config(**dict(TINY_FLAGS, steps=40, checkpoint_every=2, eval_every=0,
+                                          workdir=reference)))
+    resumed_weights = _weights(os.path.join(killed, "checkpoint.weights.h5"))
+    reference_weights = _weights(os.path.join(reference, "checkpoint.weights.h5"))
+    assert resumed_weights.keys() == reference_weights.keys() and len(resumed_weights) > 20
+    for name, value in reference_weights.items():
+        np.testing.assert_array_equal(resumed_weights[name], value, err_msg=name)
