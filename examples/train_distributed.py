@@ -132,8 +132,8 @@ class StepLosses(keras.callbacks.Callback):
 
 def train(args):
     """Builds, trains and returns `(model, per-step losses)`."""
+    strategy = make_strategy(args)  # first: a multi-host job must join before any other JAX work
     keras.utils.set_random_seed(args.seed)
-    strategy = make_strategy(args)
     data = make_data(args)
     process_id, num_processes = process_index_and_count()
     data, local_batch = process_part(data, args.batch_size, process_id, num_processes)

@@ -10,7 +10,7 @@ The public API, in the order an image and a caption meet it:
   `softmax_loss` / `SoftmaxLoss`.
 """
 
-from keras_siglip import distribution, layers
+from keras_siglip import distribution, evaluation, layers
 from keras_siglip.encoders import VARIANTS, ImageEncoder, TextEncoder
 from keras_siglip.losses import SigmoidLoss, SoftmaxLoss, sigmoid_loss, softmax_loss
 from keras_siglip.model import SigLIP
@@ -29,6 +29,7 @@ __all__ = [
     "SoftmaxLoss",
     "TextEncoder",
     "distribution",
+    "evaluation",
     "layers",
     "list_presets",
     "sigmoid_loss",

@@ -4,12 +4,15 @@ Training on many accelerators goes through `keras.distribution`, which only
 the JAX backend implements. Each set-up is one call, and the model is built
 inside its scope (SigLIP creates its weights at construction):
 
->>> from keras_siglip import SigLIP, distribution  # doctest: +SKIP
->>> strategy = distribution.model_parallel((2, 4))  # 2-way data x 4-way model
->>> with strategy.scope():
-...     model = SigLIP.from_variant("B")
-...     model.compile()
->>> model.fit(dataset)  # batches are split along the mesh's "batch" axis
+```python
+from keras_siglip import SigLIP, distribution
+
+strategy = distribution.model_parallel((2, 4))  # 2-way data x 4-way model
+with strategy.scope():
+    model = SigLIP.from_variant("B")
+    model.compile()
+model.fit(dataset)  # each batch is split along the mesh's "batch" axis
+```
 
 - `data_parallel()`: every weight replicated, the batch split over all devices.
 - `model_parallel(mesh)`: a 2-D (batch, model) mesh; the large weights of both
@@ -91,13 +94,13 @@ def get_layout_map(device_mesh, model_dim=MODEL_DIM, batch_dim=BATCH_DIM):
     Returns:
         A `keras.distribution.LayoutMap` for `keras.distribution.ModelParallel`.
 
-    Example:
-    >>> import keras  # doctest: +SKIP
-    >>> mesh = keras.distribution.DeviceMesh((2, 4), ("batch", "model"),
-    ...                                      keras.distribution.list_devices())
-    >>> layout_map = get_layout_map(mesh)
-    >>> layout_map["image_encoder/block_3/attention/query/kernel"].axes
-    ('batch', 'model')
+    Example (JAX, 8 devices):
+    ```python
+    mesh = keras.distribution.DeviceMesh((2, 4), ("batch", "model"),
+                                         keras.distribution.list_devices())
+    layout_map = get_layout_map(mesh)
+    layout_map["image_encoder/block_3/attention/query/kernel"].axes  # ('batch', 'model')
+    ```
     """
     if not isinstance(device_mesh, keras.distribution.DeviceMesh):
         raise ValueError(
@@ -143,11 +146,19 @@ class _EvenSplitChecks:
 
 
 class DataParallel(_EvenSplitChecks, keras.distribution.DataParallel):
-    """`keras.distribution.DataParallel` that names the problem of an uneven batch."""
+    """`keras.distribution.DataParallel` that names the problem of an uneven batch.
+
+    Takes the arguments of `keras.distribution.DataParallel`; `data_parallel()`
+    builds one over all devices.
+    """
 
 
 class ModelParallel(_EvenSplitChecks, keras.distribution.ModelParallel):
-    """`keras.distribution.ModelParallel` that names the weight a mesh cannot split evenly."""
+    """`keras.distribution.ModelParallel` that also names a weight a mesh cannot split evenly.
+
+    Takes the arguments of `keras.distribution.ModelParallel`;
+    `model_parallel(mesh)` builds one with SigLIP's layout map.
+    """
 
 
 def check_even_split(path, shape, axes, device_mesh):
@@ -196,10 +207,10 @@ def device_mesh(shape, axis_names=(BATCH_DIM, MODEL_DIM), devices=None):
         devices: optional list of devices (`keras.distribution.list_devices()`
             entries); the first `prod(shape)` available devices by default.
 
-    Example:
-    >>> mesh = device_mesh((2, 4))  # doctest: +SKIP
-    >>> mesh.shape
-    (2, 4)
+    Example (JAX, 8 devices):
+    ```python
+    device_mesh((2, 4)).shape  # (2, 4)
+    ```
     """
     require_jax("A device mesh")
     shape = tuple(shape)
@@ -220,10 +231,14 @@ def device_mesh(shape, axis_names=(BATCH_DIM, MODEL_DIM), devices=None):
 def data_parallel(devices=None):
     """Every weight replicated, each batch split over all (or the given) devices.
 
-    Example:
-    >>> strategy = data_parallel()  # doctest: +SKIP
-    >>> with strategy.scope():
-    ...     model = SigLIP.from_variant("B")
+    Args:
+        devices: optional list of devices; all devices by default.
+
+    Example (JAX):
+    ```python
+    with data_parallel().scope():
+        model = SigLIP.from_variant("B")
+    ```
     """
     require_jax("Data parallel training")
     return DataParallel(devices=list(devices) if devices is not None else _devices())
@@ -238,10 +253,11 @@ def model_parallel(mesh, model_dim=MODEL_DIM, batch_dim=BATCH_DIM):
         model_dim: str. Mesh axis the weights are split along.
         batch_dim: str. Mesh axis the batch is split along.
 
-    Example:
-    >>> strategy = model_parallel((2, 4))  # doctest: +SKIP
-    >>> with strategy.scope():
-    ...     model = SigLIP.from_variant("So400m", patch_size=14)
+    Example (JAX, 8 devices):
+    ```python
+    with model_parallel((2, 4)).scope():
+        model = SigLIP.from_variant("So400m", patch_size=14)
+    ```
     """
     require_jax("Model parallel training")
     if not isinstance(mesh, keras.distribution.DeviceMesh):
@@ -263,8 +279,11 @@ def tpu_v4_mesh(chips, model_size=1, devices=None):
         devices: optional devices; all available devices by default, which must
             number `chips`.
 
-    Example:
-    >>> strategy = model_parallel(tpu_v4_mesh(16, model_size=4))  # doctest: +SKIP
+    Example (on every host of a v4-32 slice):
+    ```python
+    initialize_multi_host()
+    strategy = model_parallel(tpu_v4_mesh(16, model_size=4))  # a 4 x 4 mesh
+    ```
     """
     if chips not in TPU_V4_SLICES:
         raise ValueError(
@@ -300,9 +319,10 @@ def initialize_multi_host(coordinator_address=None, num_processes=None, process_
     Returns:
         `(process_id, num_processes)` after joining.
 
-    Example:
-    >>> initialize_multi_host("10.0.0.1:1234", num_processes=2, process_id=0)  # doctest: +SKIP
-    (0, 2)
+    Example (process 0 of 2; process 1 passes process_id=1):
+    ```python
+    initialize_multi_host("10.0.0.1:1234", num_processes=2, process_id=0)  # (0, 2)
+    ```
     """
     require_jax("Multi-host training")
     if (num_processes is None) != (process_id is None):

@@ -44,16 +44,20 @@ class _Encoder(keras.Model):
         return self.siglip.encode_texts(inputs, training=False)
 
 
-# The encoders of the model evaluated last (their compiled functions are reused
-# call after call); one model at most is kept alive by this cache.
-_cached = {"model": None, "encoders": None}
+# The encoders of the models evaluated last (their compiled functions are reused
+# call after call); a few models at most are kept alive by this cache.
+_cached = []
+_CACHE_SIZE = 4
 
 
 def _encoder(model, kind):
-    if _cached["model"] is not model:
-        _cached["model"] = model
-        _cached["encoders"] = {k: _Encoder(model, k, name=f"{k}_encoder") for k in ("images", "texts")}
-    return _cached["encoders"][kind]
+    for cached_model, encoders in _cached:
+        if cached_model is model:
+            return encoders[kind]
+    encoders = {k: _Encoder(model, k, name=f"{k}_encoder") for k in ("images", "texts")}
+    _cached.insert(0, (model, encoders))
+    del _cached[_CACHE_SIZE:]
+    return encoders[kind]
 
 
 def _predict_padded(encoder, inputs, batch_size):

@@ -1,6 +1,7 @@
 """`SigLIP`: an image tower, a text tower, a learnable temperature and bias."""
 
 import math
+import re
 
 import keras
 from keras import ops
@@ -8,6 +9,7 @@ from keras import ops
 from keras_siglip import backend
 from keras_siglip.encoders import ImageEncoder, TextEncoder
 from keras_siglip.losses import SigmoidLoss
+from keras_siglip.optimizers import MultipliedLearningRateAdamW
 
 
 def l2_normalize(x):
@@ -31,6 +33,12 @@ class SigLIP(keras.Model):
     `fit` needs no labels: `compute_loss` compares every image with every
     caption of the batch, using the forward pass `fit` already ran.
 
+    With `lock_image_tower=True` this is LiT / SigLiT: the (pretrained) image
+    tower is frozen and runs in inference mode, and only the text tower, t' and b
+    train. Its inputs may then carry precomputed `"image_embeddings"` (B, dim)
+    instead of `"images"`, so the image tower does not run at all (see
+    `tools/cache_image_embeddings.py`).
+
     Args:
         image_encoder: an `ImageEncoder` (or any layer mapping images to
             `(B, dim)`).
@@ -38,6 +46,7 @@ class SigLIP(keras.Model):
         log_temperature_init: float. Initial t' (t = exp(t')); log(10) as in the
             paper.
         bias_init: float. Initial logit bias; -10 as in the paper.
+        lock_image_tower: bool. Freeze the image tower (LiT).
         **kwargs: standard `keras.Model` arguments (`name`, `dtype`).
 
     Example:
@@ -58,6 +67,7 @@ class SigLIP(keras.Model):
         text_encoder,
         log_temperature_init=math.log(10.0),
         bias_init=-10.0,
+        lock_image_tower=False,
         **kwargs,
     ):
         kwargs.setdefault("name", "siglip")
@@ -73,6 +83,9 @@ class SigLIP(keras.Model):
         self.text_encoder = text_encoder
         self.log_temperature_init = float(log_temperature_init)
         self.bias_init = float(bias_init)
+        self.lock_image_tower = bool(lock_image_tower)
+        if self.lock_image_tower:
+            self.image_encoder.trainable = False
         self.log_temperature = self.add_weight(
             shape=(),
             initializer=keras.initializers.Constant(self.log_temperature_init),
@@ -115,14 +128,15 @@ class SigLIP(keras.Model):
         See `keras_siglip.distribution.get_layout_map`. Build the model inside the
         distribution's scope: SigLIP creates its weights at construction.
 
-        Example:
-        >>> import keras  # doctest: +SKIP
-        >>> mesh = keras.distribution.DeviceMesh((2, 4), ("batch", "model"),
-        ...                                      keras.distribution.list_devices())
-        >>> strategy = keras.distribution.ModelParallel(
-        ...     layout_map=SigLIP.get_layout_map(mesh), batch_dim_name="batch")
-        >>> with strategy.scope():
-        ...     model = SigLIP.from_variant("B")
+        Example (JAX, 8 devices):
+        ```python
+        mesh = keras.distribution.DeviceMesh((2, 4), ("batch", "model"),
+                                             keras.distribution.list_devices())
+        strategy = keras.distribution.ModelParallel(
+            layout_map=SigLIP.get_layout_map(mesh), batch_dim_name="batch")
+        with strategy.scope():
+            model = SigLIP.from_variant("B")
+        ```
         """
         from keras_siglip import distribution
 
@@ -132,6 +146,8 @@ class SigLIP(keras.Model):
 
     def encode_images(self, images, training=None):
         """L2-normalised float32 image embeddings `(B, dim)`."""
+        if self.lock_image_tower:
+            training = False  # a locked tower always runs in inference mode
         return l2_normalize(self.image_encoder(images, training=training))
 
     def encode_texts(self, token_ids, training=None):
@@ -140,19 +156,31 @@ class SigLIP(keras.Model):
 
     def call(self, inputs, training=None):
         images, token_ids = self.validate_inputs(inputs)
+        if "image_embeddings" in inputs:  # precomputed by the locked tower
+            image_embeddings = l2_normalize(images)
+        else:
+            image_embeddings = self.encode_images(images, training=training)
         return {
-            "image_embeddings": self.encode_images(images, training=training),
+            "image_embeddings": image_embeddings,
             "text_embeddings": self.encode_texts(token_ids, training=training),
         }
 
     def validate_inputs(self, inputs):
-        """Checks an input dict; returns `(images, token_ids)` or raises `ValueError`."""
-        if not isinstance(inputs, dict) or set(inputs) != {"images", "token_ids"}:
+        """Checks an input dict; returns `(images, token_ids)` or raises `ValueError`.
+
+        With a locked image tower, `"image_embeddings"` may replace `"images"`;
+        it then comes back in the `images` slot.
+        """
+        image_keys = ("images", "image_embeddings") if self.lock_image_tower else ("images",)
+        keys = set(inputs) if isinstance(inputs, dict) else None
+        if keys is None or "token_ids" not in keys or len(keys) != 2 or not keys & set(image_keys):
             got = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
-            raise ValueError(
-                f"SigLIP expects a dict with keys 'images' and 'token_ids'; got {got}."
-            )
-        images = self.image_encoder.validate_inputs(inputs["images"])
+            expected = " or ".join(repr(k) for k in image_keys)
+            raise ValueError(f"SigLIP expects a dict with keys {expected} and 'token_ids'; got {got}.")
+        if "image_embeddings" in keys:
+            images = self._validate_image_embeddings(inputs["image_embeddings"])
+        else:
+            images = self.image_encoder.validate_inputs(inputs["images"])
         token_ids = self.text_encoder.validate_inputs(inputs["token_ids"])
         image_batch, text_batch = images.shape[0], token_ids.shape[0]
         if None not in (image_batch, text_batch):
@@ -171,6 +199,16 @@ class SigLIP(keras.Model):
             )
         return images, token_ids
 
+    def _validate_image_embeddings(self, embeddings):
+        width = getattr(self.image_encoder, "embedding_dim", None)
+        shape = tuple(embeddings.shape)
+        if len(shape) != 2 or (width is not None and shape[1] != width):
+            raise ValueError(
+                f"image_embeddings must have shape (batch, {width}), the image tower's output; "
+                f"got {shape}."
+            )
+        return embeddings
+
     def similarity(self, image_embeddings, text_embeddings):
         """The logits `exp(t') * image @ text.T + b`, shape (images, texts)."""
         scale = ops.exp(ops.cast(self.log_temperature, "float32"))
@@ -188,6 +226,7 @@ class SigLIP(keras.Model):
         weight_decay=1e-4,
         beta_2=0.95,
         global_clipnorm=1.0,
+        image_tower_learning_rate_multiplier=None,
         **kwargs,
     ):
         """Configures training with the paper's defaults.
@@ -199,8 +238,31 @@ class SigLIP(keras.Model):
         has weight decay, only kernels are decayed: never biases, norms,
         embeddings, the MAP probe, the temperature or the bias. `loss="auto"` is
         `SigmoidLoss()`; pass `SoftmaxLoss()` for the CLIP baseline.
+
+        `image_tower_learning_rate_multiplier` (for example 0.1) is the paper's
+        unlocked LiT variant: a pretrained image tower that trains at that
+        fraction of the learning rate and without weight decay (needs
+        `optimizer="auto"`).
         """
-        if optimizer == "auto":
+        image_paths = [v.path for v in self.image_encoder.trainable_variables]
+        if image_tower_learning_rate_multiplier is not None:
+            if optimizer != "auto":
+                raise ValueError("image_tower_learning_rate_multiplier needs optimizer='auto'.")
+            if not image_paths:
+                raise ValueError(
+                    "image_tower_learning_rate_multiplier is set but the image tower has no "
+                    "trainable weights (is it locked?)."
+                )
+            optimizer = MultipliedLearningRateAdamW(
+                learning_rate_multipliers={
+                    "^(" + "|".join(re.escape(p) for p in image_paths) + ")$": image_tower_learning_rate_multiplier
+                },
+                learning_rate=learning_rate,
+                weight_decay=weight_decay,
+                beta_2=beta_2,
+                global_clipnorm=global_clipnorm,
+            )
+        elif optimizer == "auto":
             optimizer = keras.optimizers.AdamW(
                 learning_rate=learning_rate,
                 weight_decay=weight_decay,
@@ -216,8 +278,13 @@ class SigLIP(keras.Model):
             )
         optimizer = keras.optimizers.get(optimizer)
         if getattr(optimizer, "weight_decay", None) and hasattr(optimizer, "exclude_from_weight_decay"):
+            multiplied = getattr(optimizer, "learning_rate_multiplier", lambda v: 1.0)
             optimizer.exclude_from_weight_decay(
-                var_list=[v for v in self.trainable_variables if not is_weight_decayed(v)]
+                var_list=[
+                    v
+                    for v in self.trainable_variables
+                    if not is_weight_decayed(v) or multiplied(v) != 1.0
+                ]
             )
         # Keras's own loss container cannot route our dict; keeping it empty also
         # spares train_on_batch a symbolic rebuild per call.
@@ -357,6 +424,7 @@ class SigLIP(keras.Model):
                 "text_encoder": keras.saving.serialize_keras_object(self.text_encoder),
                 "log_temperature_init": self.log_temperature_init,
                 "bias_init": self.bias_init,
+                "lock_image_tower": self.lock_image_tower,
             }
         )
         return config

@@ -87,6 +87,16 @@ def tokenizer(corpus):
     return SigLIPTokenizer(model.getvalue(), sequence_length=SEQUENCE_LENGTH)
 
 
+@pytest.fixture(scope="module")
+def expected(corpus, tokenizer):
+    """Each sample's image and caption as the preprocessor and tokenizer give them eagerly."""
+    _, samples = corpus
+    preprocessor = SigLIPImagePreprocessor(IMAGE_SIZE)
+    images = keras.ops.convert_to_numpy(preprocessor([s["bytes"] for s in samples]))
+    token_ids = keras.ops.convert_to_numpy(tokenizer([s["caption"] for s in samples]))
+    return images, token_ids
+
+
 def readers(root):
     """Each layout's reader, with the same keyword options."""
     return {
@@ -98,9 +108,9 @@ def readers(root):
     }
 
 
-def collect(dataset):
+def collect(batches):
     images, token_ids = [], []
-    for batch in dataset:
+    for batch in batches:
         assert set(batch) == {"images", "token_ids"}
         assert batch["images"].dtype == tf.float32 and batch["token_ids"].dtype == tf.int32
         images.append(batch["images"].numpy())
@@ -109,45 +119,47 @@ def collect(dataset):
 
 
 @pytest.mark.parametrize("layout", ["csv", "jsonl", "tar", "tfrecord"])
-def test_reader_content(corpus, tokenizer, layout):
-    root, samples = corpus
+def test_reader_content(corpus, tokenizer, expected, layout):
+    root, _ = corpus
+    expected_images, expected_ids = expected
     preprocessor = SigLIPImagePreprocessor(IMAGE_SIZE)
-    dataset = readers(root)[layout](tokenizer, preprocessor, 5, training=False, drop_remainder=False)
+    dataset = readers(root)[layout](tokenizer, preprocessor, 5, training=False, drop_remainder=False,
+                                    deterministic=True)
     assert dataset.element_spec["images"].shape.as_list() == [None, IMAGE_SIZE, IMAGE_SIZE, 3]
-    assert sorted(b["images"].shape[0] for b in dataset) == [2, 5, 5]
-    images, token_ids = collect(dataset)
+    batches = list(dataset)
+    assert sorted(b["images"].shape[0] for b in batches) == [2, 5, 5]
+    images, token_ids = collect(batches)
     assert images.shape == (12, IMAGE_SIZE, IMAGE_SIZE, 3) and token_ids.shape == (12, SEQUENCE_LENGTH)
-    # Each output pair is a sample's image with that sample's caption.
-    expected_ids = keras.ops.convert_to_numpy(tokenizer([s["caption"] for s in samples]))
-    expected_images = np.stack([keras.ops.convert_to_numpy(preprocessor(s["bytes"])) for s in samples])
-    # Resized pixels are rounded to uint8 before batching (at most half a level apart).
+    # Each output pair is a sample's image with that sample's caption. Resized
+    # pixels are rounded to uint8 before batching: at most half a level apart.
     for image, ids in zip(images, token_ids):
         index = int(np.argmin(np.abs(expected_images - image).reshape(12, -1).max(axis=1)))
         np.testing.assert_allclose(image, expected_images[index], atol=1 / 255 + 1e-6)
         np.testing.assert_array_equal(ids, expected_ids[index])
-    exact, _ = collect(readers(root)[layout](tokenizer, preprocessor, 4, training=False, exact_resize=True))
-    for image in exact:
-        assert np.abs(expected_images - image).reshape(12, -1).max(axis=1).min() < 1e-6
     np.testing.assert_array_equal(  # the empty caption: EOS, then EOS padding
         expected_ids[11], np.full(SEQUENCE_LENGTH, tokenizer.eos_id)
     )
-    if layout == "csv":  # one file, no shuffling: the manifest's order
+    if layout == "csv":  # one file, no shuffling: the manifest's order; exact_resize: big_vision's floats
+        np.testing.assert_array_equal(token_ids, expected_ids)
         np.testing.assert_allclose(images, expected_images, atol=1 / 255 + 1e-6)
+        exact, _ = collect(readers(root)[layout](tokenizer, preprocessor, 4, training=False, exact_resize=True,
+                                                 deterministic=True))
+        np.testing.assert_allclose(exact, expected_images, atol=1e-6)
 
 
-def test_drop_remainder_and_sharding(corpus, tokenizer):
+def test_drop_remainder_and_sharding(corpus, tokenizer, expected):
     root, _ = corpus
     preprocessor = SigLIPImagePreprocessor(IMAGE_SIZE)
     layouts = readers(root)
-    batches = list(layouts["tfrecord"](tokenizer, preprocessor, 5, training=False))
+    batches = list(layouts["tar"](tokenizer, preprocessor, 5, training=False))
     assert [b["images"].shape[0] for b in batches] == [5, 5]  # drop_remainder=True by default
     # Rows of a manifest are split between hosts; tar / TFRecord shards file by file.
-    for name in ("csv", "tar"):
-        whole = collect(layouts[name](tokenizer, preprocessor, 1, training=False))[1]
+    everything = sorted(map(tuple, expected[1]))
+    for name in ("csv", "tfrecord"):
         parts = [collect(layouts[name](tokenizer, preprocessor, 1, training=False, shard=(i, 2)))[1]
                  for i in range(2)]
         assert len(parts[0]) == len(parts[1]) == 6, name
-        assert sorted(map(tuple, np.concatenate(parts))) == sorted(map(tuple, whole)), name
+        assert sorted(map(tuple, np.concatenate(parts))) == everything, name
     with pytest.raises(ValueError, match="shard"):
         read_manifest(str(root / "pairs.csv"), tokenizer, preprocessor, 2, shard=(2, 2))
 
@@ -155,17 +167,16 @@ def test_drop_remainder_and_sharding(corpus, tokenizer):
 def test_deterministic_shuffle_and_augmentation(corpus, tokenizer):
     root, _ = corpus
     preprocessor = SigLIPImagePreprocessor(IMAGE_SIZE, random_resized_crop=True, horizontal_flip=True)
-    layouts = readers(root)
-    for name in ("csv", "tar"):
-        def run(seed):
-            return collect(layouts[name](tokenizer, preprocessor, 4, seed=seed, deterministic=True,
-                                         shuffle_buffer=12))
+    make = readers(root)["tar"]  # file shuffling, sample shuffling and augmentation all seeded
 
-        first, again, other = run(1), run(1), run(2)
-        np.testing.assert_array_equal(first[0], again[0], err_msg=name)
-        np.testing.assert_array_equal(first[1], again[1], err_msg=name)
-        assert not np.array_equal(first[0], other[0]), name
-    plain = collect(layouts["tar"](tokenizer, preprocessor, 4, training=False))
+    def run(seed):
+        return collect(make(tokenizer, preprocessor, 4, seed=seed, deterministic=True, shuffle_buffer=12))
+
+    first, again, other = run(1), run(1), run(2)
+    np.testing.assert_array_equal(first[0], again[0])
+    np.testing.assert_array_equal(first[1], again[1])
+    assert not np.array_equal(first[0], other[0])
+    plain = collect(make(tokenizer, preprocessor, 4, training=False))
     assert not np.array_equal(first[0], plain[0])  # augmented in training only
     with pytest.raises(ValueError, match="seed"):
         read_manifest(str(root / "pairs.csv"), tokenizer, preprocessor, 2, deterministic=True)

@@ -47,7 +47,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CPU_BATCHES = (1024, 2048, 4096, 8192, 16384)
 GPU_BATCHES = (16384, 32768, 65536, 98304, 131072, 262144, 524288, 1048576)
-RING_BATCHES = (2048, 4096, 8192, 16384, 32768)
+RING_BATCHES = (2048, 4096, 8192, 16384, 32768, 65536)
 GIB = 2**30
 MIB = 2**20
 
@@ -235,27 +235,32 @@ def run_child(kind, config, env=None, timeout=None):
     return results
 
 
-def machine_description(gpu):
+def describe(config):
+    """The JAX backend and devices, from a child (the driver never initialises a GPU itself)."""
     import jax
 
-    lines = [f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"]
+    print("RESULT " + json.dumps({"backend": jax.default_backend(), "jax": jax.__version__,
+                                  "devices": [str(d.device_kind) for d in jax.devices()]}), flush=True)
+
+
+def machine_description(found):
+    line = f"{platform.machine()}, {os.cpu_count()} CPU cores"
     try:
         with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+            names = [entry.split(":", 1)[1].strip() for entry in f if entry.startswith("model name")]
         if names:
-            lines[0] = f"{names[0]}, {os.cpu_count()} CPU cores visible"
+            line = f"{names[0]}, {os.cpu_count()} CPU cores visible"
     except OSError:
         pass
     try:
         with open("/proc/meminfo") as f:
             total = int(f.readline().split()[1]) * 1024
-        lines[0] += f", {total / GIB:.0f} GiB RAM"
+        line += f", {total / GIB:.0f} GiB RAM"
     except (OSError, ValueError, IndexError):
         pass
-    if gpu:
-        lines.append(", ".join(str(d.device_kind) for d in jax.devices()))
-    lines.append(f"JAX {jax.__version__} ({jax.default_backend()}), Python {platform.python_version()}")
-    return "; ".join(lines)
+    if found["backend"] != "cpu":
+        line += "; " + ", ".join(found["devices"])
+    return line + f"; JAX {found['jax']} ({found['backend']}), Python {platform.python_version()}"
 
 
 def fmt_bytes(value):
@@ -287,6 +292,7 @@ def main(argv=None):
     parser.add_argument("--skip-dense-above", type=int, default=None,
                         help="do not run dense past this batch (default: 16384 on CPU, 131072 with --gpu)")
     parser.add_argument("--no-ring", action="store_true", help="skip the 8-simulated-device ring section")
+    parser.add_argument("--ring-only", action="store_true", help="only the ring section")
     parser.add_argument("--ring-batch-sizes", default=",".join(map(str, RING_BATCHES)))
     parser.add_argument("--ring-time", action="store_true", help="also time the ring on the simulated devices")
     parser.add_argument("--json", help="write every measurement to this file")
@@ -297,14 +303,15 @@ def main(argv=None):
     batches = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else list(GPU_BATCHES if gpu
                                                                                            else CPU_BATCHES)
     dense_limit = args.skip_dense_above or (131072 if gpu else 16384)
-    methods = args.methods.split(",")
+    methods = [] if args.ring_only else args.methods.split(",")
     env = {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.95"} if gpu else {"JAX_PLATFORMS": "cpu"}
 
-    import jax
-
-    if gpu and jax.default_backend() != "gpu":
-        sys.exit("--gpu: JAX sees no GPU here (jax.default_backend() is %r)." % jax.default_backend())
-    print(f"# Machine: {machine_description(gpu)}", flush=True)
+    found = run_child("describe", {}, env, 300)
+    if isinstance(found, str):
+        sys.exit(f"JAX did not start: {found}")
+    if gpu and found[0]["backend"] != "gpu":
+        sys.exit(f"--gpu: JAX sees no GPU here (its backend is {found[0]['backend']!r}).")
+    print(f"# Machine: {machine_description(found[0])}", flush=True)
     print(f"# width {args.dim}, {dtype} embeddings, forward+backward wrt embeddings, t' and b", flush=True)
 
     rate = None
@@ -352,8 +359,9 @@ def main(argv=None):
         line += [plan.replace("ChunkPlan(", "").replace(")", "") if plan != "-" else "B x B"]
         table.append(line)
 
-    print()
-    print(_markdown(table))
+    if len(table) > 1:
+        print()
+        print(_markdown(table))
     ratios = _ratios(rows)
     if ratios:
         print()
@@ -369,7 +377,7 @@ def main(argv=None):
             print(f"ring: {found}")
         else:
             records += found
-            ring_table = [["B", "B/8", "ring temp / device", "x previous B", "(B/8)^2 float32", "ring / (B/8)^2",
+            ring_table = [["B", "B/8", "block of logits", "ring temp / device", "x previous B", "(B/8)^2 float32", "ring / (B/8)^2",
                            "dense temp / device", "dense / ring"]
                           + (["ring time", "dense time"] if args.ring_time else [])]
             by = {(r["method"], r["batch"]): r for r in found}
@@ -379,7 +387,8 @@ def main(argv=None):
                 local = (batch // 8) ** 2 * 4
                 growth = f"{ring_r['xla_temp_bytes'] / previous:.2f}" if previous else "-"
                 previous = ring_r["xla_temp_bytes"]
-                line = [str(batch), str(batch // 8), fmt_bytes(ring_r["xla_temp_bytes"]), growth, fmt_bytes(local),
+                block = f"{batch // 8} x {_plan_field(ring_r['plan'], 'col_chunk')}"
+                line = [str(batch), str(batch // 8), block, fmt_bytes(ring_r["xla_temp_bytes"]), growth, fmt_bytes(local),
                         f"{ring_r['xla_temp_bytes'] / local:.2f}", fmt_bytes(dense_r["xla_temp_bytes"]),
                         f"{dense_r['xla_temp_bytes'] / ring_r['xla_temp_bytes']:.1f}"]
                 if args.ring_time:
@@ -389,6 +398,13 @@ def main(argv=None):
             print(_markdown(ring_table))
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(records, indent=1))
+
+
+def _plan_field(plan, name):
+    import re
+
+    found = re.search(name + r"=([^,)]+)", plan or "")
+    return found.group(1) if found else "?"
 
 
 def _ratios(rows):

@@ -102,7 +102,8 @@ class PairBatches(keras.utils.PyDataset):
     nothing depends on history, a run resumed at an epoch boundary (see
     `keras.callbacks.BackupAndRestore`) sees exactly the batches an
     uninterrupted run would: keep `epoch` in step with `fit` through
-    `epoch_callback()`.
+    `epoch_callback()`, and pass `shuffle=False` to `fit` (Keras would
+    otherwise reorder each epoch's batches with the global NumPy RNG).
 
     Args:
         images: float32 `(N, H, W, 3)`.

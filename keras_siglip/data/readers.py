@@ -40,10 +40,13 @@ class SkippedImages:
         keep: how many names to keep for the report.
 
     Example:
+    >>> import warnings
     >>> skipped = SkippedImages()
-    >>> skipped.add("missing.jpg")  # doctest: +SKIP
-    >>> skipped.count, skipped.names
-    (1, ['missing.jpg'])
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     skipped.add("missing.jpg")
+    >>> skipped.count, skipped.names, len(caught)
+    (1, ['missing.jpg'], 1)
     """
 
     def __init__(self, keep=5):
@@ -312,8 +315,8 @@ def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training
             exactly as big_vision and `SigLIPImagePreprocessor.__call__` do.
             By default they are rounded to uint8 after resizing (as PIL, hence
             transformers, does; at most 0.004 apart in [-1, 1]) and scaled to
-            float32 per batch: about twice the throughput, as float32 pixels
-            cost four times the memory traffic. Images stored at the model
+            float32 once per batch, as float32 pixels cost four times the
+            memory traffic of uint8 ones. Images stored at the model
             resolution are exact either way.
         image_is_path: bool. `image` is a path to read.
 
@@ -352,9 +355,9 @@ def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training
         # An error inside `load` drops that one-element dataset; the flagged
         # placeholder behind it then comes out instead, so no error escapes.
         loaded = tf.data.Dataset.from_tensors((sample, seed_pair)).map(load).ignore_errors()
+        placeholder = tf.zeros(size + (3,), tf.float32 if exact_resize else tf.uint8)
         failed = tf.data.Dataset.from_tensors(
-            {"images": tf.zeros(size + (3,), tf.float32 if exact_resize else tf.uint8), "caption": sample["caption"], "name": sample["name"],
-             "ok": tf.constant(False)}
+            {"images": placeholder, "caption": sample["caption"], "name": sample["name"], "ok": tf.constant(False)}
         )
         return loaded.concatenate(failed).take(1)
 

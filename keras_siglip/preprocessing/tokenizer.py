@@ -83,12 +83,12 @@ class SigLIPTokenizer(SentencePieceTokenizer):
     >>> model = io.BytesIO()
     >>> sentencepiece.SentencePieceTrainer.train(
     ...     sentence_iterator=iter(["a photo of a cat", "a photo of a dog"] * 50),
-    ...     model_writer=model, vocab_size=20, pad_id=0, eos_id=1, unk_id=2,
+    ...     model_writer=model, vocab_size=14, pad_id=0, eos_id=1, unk_id=2,
     ...     bos_id=-1, minloglevel=2)
-    >>> tokenizer = SigLIPTokenizer(model.getvalue(), sequence_length=8)
+    >>> tokenizer = SigLIPTokenizer(model.getvalue(), sequence_length=24)
     >>> ids = tokenizer(["A photo of a cat", ""])
     >>> tuple(ids.shape), int(ids[1, 0]) == tokenizer.eos_id
-    ((2, 8), True)
+    ((2, 24), True)
     >>> tokenizer.detokenize(ids[0])
     'a photo of a cat'
     """
@@ -113,6 +113,7 @@ class SigLIPTokenizer(SentencePieceTokenizer):
         self.lowercase = _lowercase_mode(lowercase)
         self.canonicalize = bool(canonicalize)
         self.pad_id = pad_id
+        kwargs.setdefault("name", "siglip_tokenizer")
         kwargs.pop("add_eos", None)  # EOS is always added, by `tokenize`, for the sticky rule.
         kwargs.pop("add_bos", None)
         super().__init__(proto=proto, sequence_length=sequence_length, add_bos=False, add_eos=False, **kwargs)

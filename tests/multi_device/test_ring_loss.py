@@ -149,9 +149,10 @@ def test_siglip_compute_loss_uses_the_ring(loss):
         ring_loss = float(compute(y_pred))
         dense = float(dense_sigmoid_loss(y_pred["image_embeddings"], y_pred["text_embeddings"],
                                          model.log_temperature.value, model.bias.value))
-        history = model.fit(data, batch_size=16, epochs=1, verbose=0)
+        if loss is None:  # one training step under the distribution, through the ring
+            history = model.fit(data, batch_size=16, epochs=1, verbose=0)
+            assert np.isfinite(history.history["loss"]).all()
     assert relative_error(ring_loss, dense) < 1e-5
-    assert np.isfinite(history.history["loss"]).all()
 
 
 def test_per_device_memory_falls_as_local_batch_squared():
