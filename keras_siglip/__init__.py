@@ -12,6 +12,7 @@ The public API, in the order an image and a caption meet it:
 
 from keras_siglip import distribution, evaluation, layers
 from keras_siglip.encoders import VARIANTS, ImageEncoder, TextEncoder
+from keras_siglip.keras_hub_image_encoder import KerasHubImageEncoder
 from keras_siglip.losses import SigmoidLoss, SoftmaxLoss, sigmoid_loss, softmax_loss
 from keras_siglip.model import SigLIP
 from keras_siglip.preprocessing import SigLIPImagePreprocessor, SigLIPTokenizer
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "VARIANTS",
     "ImageEncoder",
+    "KerasHubImageEncoder",
     "SigLIP",
     "SigLIPImagePreprocessor",
     "SigLIPTokenizer",

@@ -318,7 +318,10 @@ class _PeriodicEvaluation(keras.callbacks.Callback):
             logs.update(self.latest)
 
     def on_train_begin(self, logs=None):
-        self._step = 0
+        # Count global steps, so a run resumed by BackupAndRestore (placed
+        # before this callback) keeps the same evaluation schedule.
+        optimizer = getattr(self.model, "optimizer", None)
+        self._step = 0 if optimizer is None else int(keras.ops.convert_to_numpy(optimizer.iterations))
 
     def on_train_batch_end(self, batch, logs=None):
         self._step += 1

@@ -35,8 +35,13 @@ class MultipliedLearningRateAdamW(keras.optimizers.AdamW):
                 return factor
         return 1.0
 
+    def build(self, variables):
+        super().build(variables)
+        # TensorFlow hands update_step its raw tf.Variable (no path): key by identity.
+        self._factors = {self._var_key(v): self.learning_rate_multiplier(v) for v in variables}
+
     def update_step(self, gradient, variable, learning_rate):
-        factor = self.learning_rate_multiplier(variable)
+        factor = self._factors.get(self._var_key(variable), 1.0)
         if factor != 1.0:
             learning_rate = learning_rate * factor
         return super().update_step(gradient, variable, learning_rate)

@@ -217,12 +217,13 @@ def run(config):
         raise ValueError("--steps and --checkpoint_every must be positive.")
     keras.utils.set_random_seed(config["seed"])
 
-    train, test = load_data(config["dataset"], config["languages"], config["image_size"], config["seed"])
     tokenizer = _tokenizer(config["sequence_length"])
     config["vocabulary_size"] = tokenizer.vocabulary_size()
     model, preset_tokenizer = build_model(config)
     if preset_tokenizer is not None:
         tokenizer = preset_tokenizer
+    image_size = model.image_encoder.image_size[0]  # a preset's, when one is given
+    train, test = load_data(config["dataset"], config["languages"], image_size, config["seed"])
     texts, caption_ids = train.caption_table()
     batches = PairBatches(
         train.images,

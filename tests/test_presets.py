@@ -200,7 +200,7 @@ def test_siglit_locks_a_pretrained_image_tower(tmp_path):
     source = perturb(SigLIP.from_preset("siglip_tiny_patch4_16"))
     source.save_to_preset(str(tmp_path))
     model = siglit(str(tmp_path), PRESETS["siglit_tiny_patch4_16"]["config"])
-    assert not model.image_encoder.trainable and model.text_encoder.trainable
+    assert model.lock_image_tower and not model.image_encoder.trainable and model.text_encoder.trainable
     for mine, theirs in zip(model.image_encoder.weights, source.image_encoder.weights):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(mine), keras.ops.convert_to_numpy(theirs))
     assert not np.allclose(keras.ops.convert_to_numpy(model.text_encoder.head.kernel),

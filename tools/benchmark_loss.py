@@ -320,7 +320,7 @@ def main(argv=None):
         if isinstance(found, list):
             rate = found[0]["rate_flops"]
             print(f"# matmul rate ({dtype} 16384x{args.dim} @ {args.dim}x16384, float32 result): "
-                  f"{rate / 1e12:.0f} TFLOP/s", flush=True)
+                  f"{rate / 1e12:.1f} TFLOP/s", flush=True)
         else:
             print(f"# matmul rate: {found}", flush=True)
 

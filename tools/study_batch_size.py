@@ -1,7 +1,7 @@
 """The paper's small-batch studies, at toy scale, on the embedded digits.
 
     KERAS_BACKEND=jax python tools/study_batch_size.py               # all parts
-    KERAS_BACKEND=jax python tools/study_batch_size.py --parts=batch --steps=300 --seeds=3
+    KERAS_BACKEND=jax python tools/study_batch_size.py --parts=batch --run_steps=300 --seeds=3
 
 Prints mean +/- std held-out zero-shot top-1 (%) over seeds for:
 
@@ -14,7 +14,7 @@ Prints mean +/- std held-out zero-shot top-1 (%) over seeds for:
   (paper Fig. 7); evaluation is on clean held-out digits.
 
 Every run trains the main job's model (`keras_siglip.train` defaults) for
-`--steps` steps from a fresh seeded initialisation. One compiled training step
+`--run_steps` steps from a fresh seeded initialisation. One compiled training step
 is reused per (loss, batch size): each run loads fresh initial weights and
 zeroed optimizer state into it, so the table costs training, not compilation.
 """
@@ -30,7 +30,7 @@ from keras_siglip import SigLIP, SigmoidLoss, SoftmaxLoss, evaluation, train
 from keras_siglip.data.embedded import PairBatches
 
 flags.DEFINE_list("parts", ["batch", "bias", "noise"], "Which studies to run.")
-flags.DEFINE_integer("steps", 300, "Training steps per run.")
+flags.DEFINE_integer("run_steps", 300, "Training steps per run.")
 flags.DEFINE_integer("seeds", 3, "Seeds per setting.")
 flags.DEFINE_list("batch_sizes", ["16", "32", "64", "128"], "Batch sizes for the batch study.")
 flags.DEFINE_integer("noise_batch_size", 32, "Batch size of the bias and noise studies.")
@@ -104,7 +104,7 @@ class Study:
         model.set_weights(self._fresh_weights(seed, bias_init, log_temperature_init))
         if model.optimizer.built:
             for variable in model.optimizer.variables:
-                variable.assign(keras.ops.zeros_like(variable))
+                variable.assign(np.zeros(variable.shape, variable.dtype))
         batches = PairBatches(self.train.images, self.caption_ids, self.token_ids, batch_size,
                               self.config["steps"], seed=seed, transform=transform)
         model.fit(batches, epochs=1, verbose=0, shuffle=False)
@@ -126,9 +126,9 @@ def print_table(title, header, rows):
 def main(argv):
     del argv
     started = time.time()
-    study = Study(FLAGS.steps)
+    study = Study(FLAGS.run_steps)
     seeds = range(FLAGS.seeds)
-    print(f"Held-out digits zero-shot top-1 (%), mean +/- std over {FLAGS.seeds} seeds, {FLAGS.steps} steps "
+    print(f"Held-out digits zero-shot top-1 (%), mean +/- std over {FLAGS.seeds} seeds, {FLAGS.run_steps} steps "
           f"per run, Keras/{keras.backend.backend()}; chance 10%.")
     if "batch" in FLAGS.parts:
         rows = []

@@ -41,6 +41,7 @@ def sweep(
     rows_grad_init=None,
     cols_grad_init=None,
     cols_grad_dtype="float32",
+    buffer_fill=0.0,
 ):
     """One pass over the logits `temperature * rows @ cols^T + bias`, block by block.
 
@@ -58,6 +59,8 @@ def sweep(
         rows_grad_init, cols_grad_init: optional float32 (n, d) accumulators to
             continue from (the ring's running gradients).
         cols_grad_dtype: dtype in which dL/dcols is stored.
+        buffer_fill: what the dL/dcols buffer holds before the sweep writes it
+            (anything; see below).
 
     Returns:
         `(loss_sum, g_sum, t_sum, cols_grad, rows_grad)`: the sum of per-pair
@@ -84,7 +87,10 @@ def sweep(
         return ops.zeros(ops.shape(like), dtype=dtype)
 
     if cols_grad_init is None:
-        cols_grad = padded_zeros(cols_padded, cols_grad_dtype)
+        # Every row of this buffer is written before it is read, so its fill is
+        # irrelevant; `buffer_fill` only keeps the two sweeps of `two_pass`
+        # from sharing one constant, which XLA would then copy into each loop.
+        cols_grad = ops.full(ops.shape(cols_padded), buffer_fill, dtype=cols_grad_dtype)
     else:
         cols_grad = backend.pad_rows(ops.cast(cols_grad_init, cols_grad_dtype), col_chunk)[0]
     if not rows_grad:
@@ -135,7 +141,10 @@ def sweep(
         loss_sum, g_sum, t_sum, cols_grad, rows_acc = carry
         col_start = j * col_chunk
         col_block = ops.slice(cols_padded, [col_start, 0], [col_chunk, dim])
-        col_acc = ops.cast(ops.slice(cols_grad, [col_start, 0], [col_chunk, dim]), "float32")
+        if cols_grad_init is None:
+            col_acc = ops.zeros((col_chunk, dim), "float32")
+        else:
+            col_acc = ops.cast(ops.slice(cols_grad, [col_start, 0], [col_chunk, dim]), "float32")
         inner = (loss_sum, g_sum, col_acc, rows_acc)
         if row_chunk is None:
             inner = block(0, rows_padded, col_start, col_block, inner)
@@ -197,7 +206,7 @@ def chunked_sigmoid_loss(image_embeddings, text_embeddings, log_temperature, bia
             # The logits transposed are the same pairs; (i, i) stays positive.
             image_grad = sweep(
                 text_embeddings, image_embeddings, temperature, bias, grad_scale, rows_grad=False,
-                cols_grad_dtype=image_embeddings.dtype, **options,
+                cols_grad_dtype=image_embeddings.dtype, buffer_fill=1.0, **options,
             )[3]
         else:
             image_grad = ops.cast(image_grad, image_embeddings.dtype)
@@ -247,10 +256,10 @@ class ChunkPlan:
 
 
 # Largest block of logits (elements) the automatic choice allows: 64 MiB of
-# float32 on a CPU, 512 MiB on an accelerator, where bigger blocks keep the
+# float32 on a CPU, 256 MiB on an accelerator, where bigger blocks keep the
 # matmuls efficient. Batches whose whole B x B logits fit are computed densely.
 CPU_BLOCK_BUDGET = 2**24
-ACCELERATOR_BLOCK_BUDGET = 2**27
+ACCELERATOR_BLOCK_BUDGET = 2**26
 # Fewest columns per block the automatic choice uses (narrower blocks make the
 # matmuls inefficient); past that, the rows are split as well.
 CPU_MIN_CHUNK = 256

@@ -279,7 +279,7 @@ def siglit(image_source, config, dtype=None, lock_image_tower=True):
             source's image tower.
         lock_image_tower: bool. Freeze the image tower (LiT).
     """
-    model = registry.build_model(config, dtype=dtype)
+    model = registry.build_model(config, dtype=dtype, lock_image_tower=lock_image_tower)
     if image_source is not None:
         source = from_preset(image_source, dtype=dtype)
         source_weights = source.image_encoder.weights
@@ -288,6 +288,4 @@ def siglit(image_source, config, dtype=None, lock_image_tower=True):
             raise ValueError(f"The image tower of {image_source} does not match the SigLiT config {config['image']}.")
         for target, weight in zip(ours, source_weights):
             target.assign(weight)
-    if lock_image_tower:
-        model.image_encoder.trainable = False
     return model

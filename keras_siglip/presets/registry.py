@@ -155,13 +155,13 @@ def count_parameters(config):
     return image_count + text_count + 2  # + t' and b
 
 
-def build_model(config, dtype=None):
+def build_model(config, dtype=None, lock_image_tower=False):
     """A randomly initialised `SigLIP` from a `{"image": ..., "text": ...}` config."""
     from keras_siglip.model import SigLIP
 
     image_encoder = ImageEncoder(**config["image"], dtype=dtype)
     text_encoder = TextEncoder(**config["text"], dtype=dtype)
-    return SigLIP(image_encoder, text_encoder, dtype=dtype)
+    return SigLIP(image_encoder, text_encoder, dtype=dtype, lock_image_tower=lock_image_tower)
 
 
 def list_presets(print_table=True):
