@@ -129,7 +129,7 @@ class KerasHubImageEncoder(keras.layers.Layer):
     ...     image_shape=(16, 16, 3), patch_size=4, num_layers=1, num_heads=2,
     ...     hidden_dim=8, mlp_dim=16)
     >>> encoder = KerasHubImageEncoder(backbone, pooling="gap", output_dim=12)
-    >>> encoder(np.zeros((2, 16, 16, 3), "float32")).shape
+    >>> tuple(encoder(np.zeros((2, 16, 16, 3), "float32")).shape)
     (2, 12)
     """
 

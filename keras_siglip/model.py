@@ -293,7 +293,7 @@ class SigLIP(keras.Model):
 
     def get_compile_config(self):
         config = super().get_compile_config()
-        if config is not None:
+        if config:  # {} when never compiled: nothing to re-compile on load
             config["loss"] = keras.saving.serialize_keras_object(self.loss)
         return config
 

@@ -115,7 +115,7 @@ def load_digits(split="train", image_size=16, languages=("en",), test_fraction=0
     Example:
     >>> data = load_digits("test", image_size=16)
     >>> data.images.shape, data.class_names[7]
-    ((360, 16, 16, 3), 'seven')
+    ((359, 16, 16, 3), 'seven')
     """
     from sklearn.datasets import load_digits as sklearn_digits
 

@@ -59,8 +59,9 @@ def sweep(
         rows_grad_init, cols_grad_init: optional float32 (n, d) accumulators to
             continue from (the ring's running gradients).
         cols_grad_dtype: dtype in which dL/dcols is stored.
-        buffer_fill: what the dL/dcols buffer holds before the sweep writes it
-            (anything; see below).
+        buffer_fill: what the dL/dcols buffer holds before the sweep writes
+            every row of it; the value does not matter (see the comment where
+            the buffer is made).
 
     Returns:
         `(loss_sum, g_sum, t_sum, cols_grad, rows_grad)`: the sum of per-pair
