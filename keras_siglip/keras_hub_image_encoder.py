@@ -3,11 +3,10 @@
 This is how LiT / SigLiT start from a tower pretrained elsewhere: the backbone's
 token sequence is pooled ("first" token, "gap" or a new "map" head) and
 optionally projected to the text tower's width.
-
-keras-hub is imported lazily, so `import keras_siglip` stays cheap.
 """
 
 import keras
+import keras_hub
 from keras import ops
 
 from keras_siglip.layers import MAPPooling
@@ -54,8 +53,6 @@ def _as_channel_list(value, name):
 
 
 def _load_backbone(backbone):
-    import keras_hub
-
     if isinstance(backbone, str):
         backbone = keras_hub.models.Backbone.from_preset(backbone)
     if not isinstance(backbone, keras_hub.models.Backbone):
@@ -279,8 +276,6 @@ class KerasHubImageEncoder(keras.layers.Layer):
 
     @classmethod
     def from_config(cls, config):
-        import keras_hub  # noqa: F401  (registers the backbone classes)
-
         config = dict(config)
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         return cls(**config)
