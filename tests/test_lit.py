@@ -72,7 +72,8 @@ def test_unlocked_variant_trains_the_image_tower_at_a_tenth_of_the_rate_without_
     for ours, theirs in zip(multiplied.weights, reference.weights):
         step, reference_step = to_numpy(ours) - before[ours.path], to_numpy(theirs) - before[ours.path]
         factor = 0.1 if ours.path.startswith("image_encoder/") else 1.0
-        np.testing.assert_allclose(step, factor * reference_step, rtol=1e-3, atol=1e-9, err_msg=ours.path)
+        # atol: a few float32 ulps of weights ~0.1 (7e-9 each), far below the ~1e-4 steps compared.
+        np.testing.assert_allclose(step, factor * reference_step, rtol=1e-3, atol=5e-8, err_msg=ours.path)
     decayed = tiny_siglip()
     decayed.compile(image_tower_learning_rate_multiplier=0.1)
     for variable in decayed.trainable_variables:
