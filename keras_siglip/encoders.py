@@ -31,6 +31,23 @@ def variant_config(variant):
     return dict(VARIANTS[variant])
 
 
+def validate_images(images, image_size, name):
+    """Checks a batch of images for a tower of `image_size`; raises `ValueError` naming the problem."""
+    shape = tuple(images.shape)
+    expected = f"(batch, {image_size[0]}, {image_size[1]}, 3)"
+    if len(shape) != 4:
+        raise ValueError(f"{name} expects images of shape {expected}; got rank {len(shape)} with shape {shape}.")
+    if tuple(shape[1:]) != (*image_size, 3):
+        raise ValueError(f"{name} expects images of shape {expected}; got {shape}.")
+    dtype = keras.backend.standardize_dtype(images.dtype)
+    if "float" not in dtype:
+        raise ValueError(
+            f"{name} expects float images scaled to [-1, 1]; got dtype {dtype}. "
+            "Use keras_siglip's image preprocessing to convert uint8 pixels."
+        )
+    return images
+
+
 def _as_pair(size):
     return (size, size) if isinstance(size, int) else tuple(size)
 
@@ -182,25 +199,7 @@ class ImageEncoder(_Encoder):
 
     def validate_inputs(self, images):
         """Checks the shape of an image batch; raises `ValueError` naming the problem."""
-        shape = tuple(images.shape)
-        expected = (*self.image_size, 3)
-        if len(shape) != 4:
-            raise ValueError(
-                f"{self.name} expects images of shape (batch, {expected[0]}, {expected[1]}, 3); "
-                f"got rank {len(shape)} with shape {shape}."
-            )
-        if tuple(shape[1:]) != expected:
-            raise ValueError(
-                f"{self.name} expects images of shape (batch, {expected[0]}, {expected[1]}, 3); "
-                f"got {shape}."
-            )
-        dtype = keras.backend.standardize_dtype(images.dtype)
-        if "float" not in dtype:
-            raise ValueError(
-                f"{self.name} expects float images scaled to [-1, 1]; got dtype {dtype}. "
-                "Use keras_siglip's image preprocessing to convert uint8 pixels."
-            )
-        return images
+        return validate_images(images, self.image_size, self.name)
 
     def call(self, images, training=None):
         images = self.validate_inputs(images)

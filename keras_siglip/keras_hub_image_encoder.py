@@ -9,6 +9,7 @@ import keras
 import keras_hub
 from keras import ops
 
+from keras_siglip.encoders import validate_images
 from keras_siglip.layers import MAPPooling
 
 POOLINGS = ("first", "gap", "map")
@@ -217,21 +218,7 @@ class KerasHubImageEncoder(keras.layers.Layer):
 
     def validate_inputs(self, images):
         """Checks the shape of an image batch; raises `ValueError` naming the problem."""
-        shape = tuple(images.shape)
-        expected = f"(batch, {self.image_size[0]}, {self.image_size[1]}, 3)"
-        if len(shape) != 4:
-            raise ValueError(
-                f"{self.name} expects images of shape {expected}; got rank {len(shape)} with shape {shape}."
-            )
-        if tuple(shape[1:]) != (*self.image_size, 3):
-            raise ValueError(f"{self.name} expects images of shape {expected}; got {shape}.")
-        dtype = keras.backend.standardize_dtype(images.dtype)
-        if "float" not in dtype:
-            raise ValueError(
-                f"{self.name} expects float images scaled to [-1, 1]; got dtype {dtype}. "
-                "Use keras_siglip's image preprocessing to convert uint8 pixels."
-            )
-        return images
+        return validate_images(images, self.image_size, self.name)
 
     def backbone_tokens(self, images, training=None):
         """The backbone's tokens `(batch, tokens, width)` for our [-1, 1] images."""
