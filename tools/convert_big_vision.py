@@ -13,12 +13,12 @@ inputs with an independent NumPy forward pass over the checkpoint
 import os
 import sys
 
-import keras
 import numpy as np
 from absl import app, flags
 
 from keras_siglip import SigLIP
 from keras_siglip.presets import big_vision_format, big_vision_reference, checkpoint, from_big_vision
+from keras_siglip.presets.checkpoint import report_differences as report
 from keras_siglip.presets.loader import preset_utils
 
 
@@ -49,20 +49,6 @@ def convert_and_check(checkpoint_path, output, batch_size=2, tolerance=1e-4, see
     params = big_vision_format.normalize_keys(checkpoint.load_npz(checkpoint_path))
     reference = big_vision_reference.forward(params, images, token_ids)
     return report(ours, reference, tolerance)
-
-
-def report(ours, reference, tolerance):
-    """Prints one line per output; returns 1 if any differs by more than `tolerance`."""
-    status = 0
-    for name, mine, theirs in zip(("image embeddings", "text embeddings", "logits"), ours, reference):
-        mine = keras.ops.convert_to_numpy(mine).astype(np.float64)
-        error = float(np.max(np.abs(mine - np.asarray(theirs, np.float64))))
-        ok = error <= tolerance
-        status |= not ok
-        print(f"{name:<17} max abs error {error:.2e}  {'ok' if ok else 'MISMATCH'}")
-    if status:
-        print(f"Conversion check failed: errors above {tolerance}.", file=sys.stderr)
-    return int(status)
 
 
 def main(argv):

@@ -6,6 +6,7 @@ keys missing, keys left over, or an array whose shape does not fit.
 """
 
 import collections
+import sys
 import zipfile
 
 import numpy as np
@@ -139,3 +140,24 @@ def load_safetensors(paths):
                 f"Cannot read {path} as a safetensors checkpoint (truncated or corrupt?): {error}"
             ) from None
     return arrays
+
+
+def report_differences(ours, reference, tolerance):
+    """Prints one line per output (image embeddings, text embeddings, logits) of a
+    converted model against its source; returns 1 if any differs by more than `tolerance`."""
+    status = 0
+    for name, mine, theirs in zip(("image embeddings", "text embeddings", "logits"), ours, reference):
+        mine = np.asarray(_to_numpy(mine), np.float64)
+        error = float(np.max(np.abs(mine - np.asarray(theirs, np.float64))))
+        ok = error <= tolerance
+        status |= not ok
+        print(f"{name:<17} max abs error {error:.2e}  {'ok' if ok else 'MISMATCH'}")
+    if status:
+        print(f"Conversion check failed: errors above {tolerance}.", file=sys.stderr)
+    return int(status)
+
+
+def _to_numpy(x):
+    import keras
+
+    return keras.ops.convert_to_numpy(x)
