@@ -269,11 +269,16 @@ def _interleave_files(files, open_file, options):
         open_file,
         cycle_length=min(len(files), 8),
         num_parallel_calls=min(len(files), 8),
-        deterministic=options.get("deterministic", False),
+        deterministic=_is_deterministic(options),
     )
     if count > 1 and not by_file:
         dataset = dataset.shard(count, index)
     return dataset
+
+
+def _is_deterministic(options):
+    deterministic = options.get("deterministic")
+    return not options.get("training", True) if deterministic is None else bool(deterministic)
 
 
 def _shard(shard):
@@ -291,7 +296,7 @@ def _without(options, *keys):
 
 
 def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training=True,
-                  shuffle_buffer=5_000, seed=None, deterministic=False, drop_remainder=True,
+                  shuffle_buffer=5_000, seed=None, deterministic=None, drop_remainder=True,
                   skipped=None, exact_resize=False, image_is_path=False):
     """Decode, augment, tokenise, batch and prefetch a dataset of samples.
 
@@ -304,9 +309,11 @@ def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training
         training: bool. Shuffle and augment (as the preprocessor is configured).
         shuffle_buffer: int. Samples in the shuffle buffer (0: no shuffle).
         seed: int or `None`. Makes shuffling and augmentation repeatable.
-        deterministic: bool. Also fix the order in which parallel work is
-            delivered, so two runs with the same seed see identical batches
-            (somewhat slower). Needs `seed` when training.
+        deterministic: bool or `None`. Also fix the order in which parallel
+            work is delivered, so two runs with the same seed see identical
+            batches (somewhat slower). Needs `seed` when training. `None`
+            (default): deterministic when not training, so evaluation
+            batches come in file order.
         drop_remainder: bool. Drop the last, smaller batch (needed for a
             static batch size under `jit` and distribution).
         skipped: a `SkippedImages` to count unreadable images in (a fresh one
@@ -325,6 +332,7 @@ def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int; got {batch_size!r}.")
+    deterministic = _is_deterministic({"training": training, "deterministic": deterministic})
     if deterministic and training and seed is None:
         raise ValueError("deterministic=True needs a `seed` when training (for shuffling and augmentation).")
     skipped = SkippedImages() if skipped is None else skipped
