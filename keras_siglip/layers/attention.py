@@ -21,8 +21,17 @@ class MultiHeadAttention(keras.layers.Layer):
     different sequences, which is what MAP pooling needs (one probe query over
     all patch tokens).
 
+    The query, key, value and output projections are separate `Dense` layers,
+    as in the checkpoints; with `fused_projections` their kernels are joined
+    at call time so the projections of one sequence run as one matrix
+    multiply (query+key+value in self-attention, key+value in cross-attention).
+    The result is the same; a LoRA-enabled or quantized projection is always
+    called on its own.
+
     Args:
         num_heads: int. Number of attention heads; must divide the width.
+        fused_projections: bool. Join the projections of one input into one
+            matrix multiply.
         **kwargs: standard `keras.layers.Layer` arguments (`name`, `dtype`).
 
     Example:
@@ -32,9 +41,10 @@ class MultiHeadAttention(keras.layers.Layer):
     (1, 5, 8)
     """
 
-    def __init__(self, num_heads, **kwargs):
+    def __init__(self, num_heads, fused_projections=True, **kwargs):
         super().__init__(**kwargs)
         self.num_heads = num_heads
+        self.fused_projections = bool(fused_projections)
 
     def build(self, query_shape, key_value_shape=None):
         key_value_shape = key_value_shape or query_shape
@@ -67,11 +77,25 @@ class MultiHeadAttention(keras.layers.Layer):
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
         return ops.reshape(x, (batch, length, self.num_heads, self.head_dim))
 
+    def _project(self, x, projections):
+        """`[p(x) for p in projections]`, as one matrix multiply when allowed."""
+        fusable = self.fused_projections and len(projections) > 1 and not any(
+            p.lora_enabled or p.dtype_policy.quantization_mode for p in projections
+        )
+        if not fusable:
+            return [p(x) for p in projections]
+        kernel = ops.concatenate([ops.cast(p.kernel, x.dtype) for p in projections], axis=-1)
+        bias = ops.concatenate([ops.cast(p.bias, x.dtype) for p in projections], axis=-1)
+        joined = ops.matmul(x, kernel) + bias
+        return ops.split(joined, len(projections), axis=-1)
+
     def call(self, query, key_value=None):
-        key_value = query if key_value is None else key_value
-        q = self._split_heads(self.query(query))
-        k = self._split_heads(self.key(key_value))
-        v = self._split_heads(self.value(key_value))
+        if key_value is None:
+            q, k, v = self._project(query, [self.query, self.key, self.value])
+        else:
+            (q,) = self._project(query, [self.query])
+            k, v = self._project(key_value, [self.key, self.value])
+        q, k, v = (self._split_heads(t) for t in (q, k, v))
         attended = ops.dot_product_attention(q, k, v)
         batch, length = ops.shape(query)[0], ops.shape(query)[1]
         attended = ops.reshape(attended, (batch, length, self.num_heads * self.head_dim))
@@ -82,5 +106,5 @@ class MultiHeadAttention(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"num_heads": self.num_heads})
+        config.update({"num_heads": self.num_heads, "fused_projections": self.fused_projections})
         return config

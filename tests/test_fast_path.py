@@ -1,0 +1,80 @@
+"""The training fast path (fused projections, rematerialisation, mixed_bfloat16) computes what the plain path does."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import random_pairs, tiny_siglip
+
+from keras_siglip import ImageEncoder, TextEncoder
+from keras_siglip.layers import MultiHeadAttention
+
+
+def _copy_weights(source, target):
+    for a, b in zip(source.weights, target.weights, strict=True):
+        assert a.path.split("/")[-1] == b.path.split("/")[-1]
+        b.assign(a)
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_fused_projections_equal_separate_ones(cross):
+    rng = np.random.default_rng(0)
+    query = rng.normal(size=(3, 5, 16)).astype("float32")
+    key_value = rng.normal(size=(3, 7, 16)).astype("float32") if cross else None
+    fused = MultiHeadAttention(num_heads=4)
+    separate = MultiHeadAttention(num_heads=4, fused_projections=False)
+    shapes = (query.shape,) if key_value is None else (query.shape, key_value.shape)
+    fused.build(*shapes)
+    separate.build(*shapes)
+    # Distinct biases, so a bias joined in the wrong order would show.
+    for layer in (fused.query, fused.key, fused.value):
+        layer.bias.assign(rng.normal(size=(16,)).astype("float32"))
+    _copy_weights(fused, separate)
+    args = (query,) if key_value is None else (query, key_value)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(fused(*args)), keras.ops.convert_to_numpy(separate(*args)), atol=1e-5
+    )
+    assert MultiHeadAttention.from_config(separate.get_config()).fused_projections is False
+
+
+def test_lora_projections_are_not_fused():
+    rng = np.random.default_rng(1)
+    tokens = rng.normal(size=(2, 4, 8)).astype("float32")
+    attention = MultiHeadAttention(num_heads=2)
+    attention.build(tokens.shape)
+    before = keras.ops.convert_to_numpy(attention(tokens))
+    attention.value.enable_lora(rank=2)
+    attention.value.lora_kernel_b.assign(rng.normal(size=(2, 8)).astype("float32"))
+    # The LoRA update must reach the output, which it would not if the plain kernels were joined.
+    assert not np.allclose(keras.ops.convert_to_numpy(attention(tokens)), before, atol=1e-4)
+
+
+def test_remat_towers_train_exactly_like_plain_ones_and_keep_the_setting():
+    batch = random_pairs(8)
+    losses = {}
+    for remat in (False, True):
+        keras.utils.set_random_seed(0)
+        model = tiny_siglip(remat=remat)
+        model.compile()
+        losses[remat] = [float(model.train_on_batch(batch)) for _ in range(3)]
+        assert model.image_encoder.remat is remat and model.text_encoder.remat is remat
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
+    config = model.get_config()
+    assert ImageEncoder.from_config(config["image_encoder"]["config"]).remat
+    assert TextEncoder.from_config(config["text_encoder"]["config"]).remat
+
+
+def test_fast_path_loss_after_20_steps_matches_float32_within_bfloat16_tolerance():
+    batch = random_pairs(16, seed=3)
+    losses = {}
+    for policy, remat in (("float32", False), ("mixed_bfloat16", True)):
+        keras.config.set_dtype_policy(policy)
+        keras.utils.set_random_seed(0)
+        model = tiny_siglip(remat=remat)
+        model.compile()
+        losses[policy] = np.array([float(model.train_on_batch(batch)) for _ in range(20)])
+    # bfloat16 keeps 8 significant bits (relative step 2**-8 = 0.4%); 1% allows a
+    # few roundings' drift over 20 steps, while a loss or norm computed in
+    # bfloat16, or a diverging step, is far outside it.
+    np.testing.assert_allclose(losses["mixed_bfloat16"], losses["float32"], rtol=1e-2)
+    assert losses["float32"][-1] < 0.5 * losses["float32"][0]  # it trained
+    assert not np.array_equal(losses["mixed_bfloat16"], losses["float32"])  # and bfloat16 really ran
