@@ -9,8 +9,9 @@ inside a compiled training step. Each backend gets that here:
   checked on the host, directly;
 - TensorFlow graphs get an assertion op whose failure `guard_step_function`
   turns back into a `ValueError`;
-- JAX traces cannot raise on values, so `guard_step_function` checks each batch
-  on the host before it enters the jitted step.
+- JAX traces and `torch.compile`d steps cannot raise on values, so
+  `guard_step_function` checks each batch on the host before it enters the
+  compiled step.
 """
 
 import re
@@ -94,7 +95,7 @@ class _CheckedIterator:
         return data
 
 
-def guard_step_function(step_function, check_batch, state_variables):
+def guard_step_function(step_function, check_batch, state_variables, compiled=False):
     """Wraps a Keras train/test/predict function so bad inputs raise `ValueError`.
 
     Args:
@@ -103,6 +104,8 @@ def guard_step_function(step_function, check_batch, state_variables):
             whose values are on the host.
         state_variables: returns the lists of variables that a JAX step's
             `state` tuple holds, in order.
+        compiled: bool. The step is compiled (`jit_compile=True` on PyTorch
+            means `torch.compile`, under which the model's own checks are skipped).
     """
     if step_function is None or getattr(step_function, "_keras_siglip_guarded", False):
         return step_function
@@ -129,7 +132,14 @@ def guard_step_function(step_function, check_batch, state_variables):
                     raise
                 raise ValueError(found.group(1).strip()) from None
 
-    else:  # PyTorch and NumPy run the step eagerly: the model's own checks raise.
+    elif BACKEND == "torch" and compiled:
+
+        def guarded(data):
+            for batch in data:  # Keras's PyTorch loops pass a list of batches
+                check_batch(batch)
+            return step_function(data)
+
+    else:  # Eager PyTorch and NumPy steps: the model's own checks raise.
         return step_function
     guarded._keras_siglip_guarded = True
     return guarded

@@ -182,6 +182,19 @@ def test_token_ids_outside_the_vocabulary_raise_in_call_fit_and_predict(bad_id):
     assert np.all(np.isfinite(model.predict(data, verbose=0)["image_embeddings"]))
 
 
+def test_bad_batches_raise_before_an_explicitly_compiled_step():
+    # jit_compile=True is XLA on JAX and TensorFlow and torch.compile on PyTorch,
+    # under which the model's own value checks cannot raise: the host checks first.
+    model = tiny_siglip()
+    model.compile(jit_compile=True)
+    data = random_pairs(4)
+    data["token_ids"][1, 1] = TINY["vocabulary_size"]
+    for run in (lambda: model.fit(data, batch_size=4, verbose=0), lambda: model.evaluate(data, batch_size=4, verbose=0),
+                lambda: model.predict(data, verbose=0)):
+        with pytest.raises(ValueError, match=r"token ids must lie in \[0, vocabulary_size=64\)"):
+            run()
+
+
 def test_token_ids_outside_the_vocabulary_raise_from_a_tf_dataset():
     import tensorflow as tf
 
