@@ -125,18 +125,6 @@ def test_keras_save_and_load_round_trip(tmp_path):
     assert loaded.get_config() == model.get_config()
 
 
-def test_mixed_bfloat16_trains_without_nan():
-    keras.config.set_dtype_policy("mixed_bfloat16")
-    model = tiny_siglip()
-    assert model.image_encoder.compute_dtype == "bfloat16"
-    model.compile()
-    history = model.fit(random_pairs(16), batch_size=8, epochs=2, verbose=0)
-    assert np.all(np.isfinite(history.history["loss"]))
-    out = model.predict(random_pairs(4), verbose=0)
-    assert out["image_embeddings"].dtype == np.float32
-    assert all(np.all(np.isfinite(to_numpy(w))) for w in model.weights)
-
-
 def test_a_batch_of_one_trains():
     model = tiny_siglip()
     model.compile()
@@ -163,19 +151,19 @@ def test_wrong_images_raise_a_clear_error(images, message):
         model(data)
 
 
-@pytest.mark.parametrize("bad_id", [-1, TINY["vocabulary_size"]])
-def test_token_ids_outside_the_vocabulary_raise_in_call_fit_and_predict(bad_id):
+def test_token_ids_outside_the_vocabulary_raise_in_call_fit_and_predict():
     model = tiny_siglip()
     model.compile()
     data = random_pairs(4)
-    data["token_ids"][2, 3] = bad_id
     message = r"token ids must lie in \[0, vocabulary_size=64\)"
-    with pytest.raises(ValueError, match=message):
-        model(data)
-    with pytest.raises(ValueError, match=message):
-        model.fit(data, batch_size=4, verbose=0)
-    with pytest.raises(ValueError, match=message):
-        model.predict(data, verbose=0)
+    for bad_id in (-1, TINY["vocabulary_size"]):
+        data["token_ids"][2, 3] = bad_id
+        with pytest.raises(ValueError, match=message):
+            model(data)
+        with pytest.raises(ValueError, match=message):
+            model.fit(data, batch_size=4, verbose=0)
+        with pytest.raises(ValueError, match=message):
+            model.predict(data, verbose=0)
     # The rejected batches cost nothing: the model still works and trains.
     data["token_ids"][2, 3] = 0
     model.fit(data, batch_size=4, verbose=0)
