@@ -40,8 +40,10 @@ flags.DEFINE_list("libraries", ["keras_siglip", "keras_hub"],
                   "Any of keras_siglip, keras_hub, transformers (transformers needs KERAS_BACKEND=torch).")
 flags.DEFINE_list("batch_sizes", [], "Batch sizes to run (default: the configuration's).")
 flags.DEFINE_list("remat", ["false"], "keras_siglip only: rematerialise encoder blocks (false, true or both).")
+flags.DEFINE_bool("compare_unfused", False, "Add a keras_siglip row with separate attention projections.")
 flags.DEFINE_string("dtype", None, "float32 or mixed_bfloat16 (default: the configuration's).")
 flags.DEFINE_integer("steps", 10, "Timed steps, after 2 warm-up steps.")
+flags.DEFINE_integer("repeats", 3, "Fresh-process measurements per row, taken in turn across libraries; the fastest is shown.")
 flags.DEFINE_float("peak_tflops", None, "The device's peak TFLOP/s at this dtype, for MFU (H100 SXM bf16: 989).")
 flags.DEFINE_bool("torch_compile", False, "On torch: keras_siglip with jit_compile=True, transformers with torch.compile.")
 flags.DEFINE_string("worker", None, "Internal: run one measurement given as JSON and print the result as JSON.")
@@ -109,12 +111,17 @@ def optimizer():
 
 def build_keras_siglip(c):
     from keras_siglip import ImageEncoder, SigLIP, TextEncoder
+    from keras_siglip.layers import MultiHeadAttention
 
     tower = {k: c[k] for k in ("width", "depth", "num_heads", "mlp_dim")}
     image_encoder = ImageEncoder(c["image_size"], c["patch_size"], remat=c["remat"], **tower)
     text_encoder = TextEncoder(c["vocabulary_size"], c["sequence_length"], output_dim=c["width"],
                                remat=c["remat"], **tower)
     model = SigLIP(image_encoder, text_encoder)
+    if c.get("unfused"):
+        for layer in model._flatten_layers():
+            if isinstance(layer, MultiHeadAttention):
+                layer.fused_projections = False
     model.compile(optimizer=optimizer(), jit_compile=c["jit_compile"])
     return model
 
@@ -229,30 +236,46 @@ def main(argv):
     remats = [value.lower() == "true" for value in FLAGS.remat]
     batch_sizes = [int(b) for b in FLAGS.batch_sizes] or [base["batch_size"]]
 
-    print(f"backend {backend}, config {FLAGS.config} ({base['dtype']}), {FLAGS.steps} timed steps; "
+    print(f"backend {backend}, config {FLAGS.config} ({base['dtype']}), {FLAGS.steps} timed steps, "
+          f"best of {FLAGS.repeats} runs; "
           f"{'torch.compile' if base['jit_compile'] is True else 'XLA' if backend != 'torch' else 'eager'}")
-    header = (f"| library | batch | remat | ms/step | pairs/s | TFLOP/s | MFU | peak memory (GiB) | loss |\n"
+    header = (f"| library | batch | remat | ms/step (each run) | pairs/s | TFLOP/s | MFU | peak memory (GiB) | loss |\n"
               f"|---|---|---|---|---|---|---|---|---|")
     print(header, flush=True)
-    rates = {}
+    rows = []
     for batch_size in batch_sizes:
         for library in FLAGS.libraries:
             if library == "transformers" and backend != "torch":
                 raise app.UsageError("transformers runs only with KERAS_BACKEND=torch.")
             for remat in remats if library == "keras_siglip" else [False]:
-                c = dict(base, batch_size=batch_size, library=library, remat=remat)
-                result = measure(c)
-                if "error" in result:
-                    print(f"| {library} | {batch_size} | {remat} | failed: {result['error']} |||||||", flush=True)
-                    continue
-                seconds = result["seconds"]
-                pairs = batch_size / seconds
-                tflops = training_flops_per_pair(c) * pairs / 1e12
-                mfu = f"{tflops / FLAGS.peak_tflops:.1%}" if FLAGS.peak_tflops else "-"
-                memory = f"{result['memory'] / 2**30:.2f} ({result['memory_kind']})"
-                rates[(library, batch_size, remat)] = pairs
-                print(f"| {library} | {batch_size} | {remat} | {seconds * 1e3:.1f} | {pairs:,.0f} | {tflops:.2f} | "
-                      f"{mfu} | {memory} | {result['loss']:.4f} |", flush=True)
+                rows.append(dict(base, batch_size=batch_size, library=library, remat=remat))
+                if library == "keras_siglip" and FLAGS.compare_unfused and not remat:
+                    rows.append(dict(base, batch_size=batch_size, library=library, remat=remat, unfused=True))
+    # Round-robin repeats: a shared or throttled machine slows every library alike,
+    # and the fastest of a row's runs is its least disturbed one.
+    results = [[] for _ in rows]
+    for _ in range(FLAGS.repeats):
+        for row, runs in zip(rows, results):
+            runs.append(measure(row))
+    rates = {}
+    for c, runs in zip(rows, results):
+        library, batch_size, remat = c["library"], c["batch_size"], c["remat"]
+        if c.get("unfused"):
+            library += " (unfused projections)"
+        finished = [r for r in runs if "error" not in r]
+        if not finished:
+            print(f"| {library} | {batch_size} | {remat} | failed: {runs[-1]['error']} |||||||", flush=True)
+            continue
+        result = min(finished, key=lambda r: r["seconds"])
+        seconds = result["seconds"]
+        pairs = batch_size / seconds
+        tflops = training_flops_per_pair(c) * pairs / 1e12
+        mfu = f"{tflops / FLAGS.peak_tflops:.1%}" if FLAGS.peak_tflops else "-"
+        memory = f"{result['memory'] / 2**30:.2f} ({result['memory_kind']})"
+        spread = " / ".join(f"{r['seconds'] * 1e3:.0f}" for r in finished)
+        rates[(library, batch_size, remat)] = pairs
+        print(f"| {library} | {batch_size} | {remat} | {seconds * 1e3:.1f} ({spread}) | {pairs:,.0f} | {tflops:.2f} | "
+              f"{mfu} | {memory} | {result['loss']:.4f} |", flush=True)
     for (library, batch_size, remat), pairs in rates.items():
         peer = rates.get(("keras_hub", batch_size, False)) or rates.get(("transformers", batch_size, False))
         if library == "keras_siglip" and peer:
