@@ -9,9 +9,9 @@ inside a compiled training step. Each backend gets that here:
   checked on the host, directly;
 - TensorFlow graphs get an assertion op whose failure `guard_step_function`
   turns back into a `ValueError`;
-- JAX traces and `torch.compile`d steps cannot raise on values, so
-  `guard_step_function` checks each batch on the host before it enters the
-  compiled step.
+- JAX traces, XLA-compiled TensorFlow steps (XLA drops assertions) and
+  `torch.compile`d steps cannot raise on values, so `guard_step_function`
+  checks each batch on the host before it enters the compiled step.
 """
 
 import re
@@ -95,7 +95,7 @@ class _CheckedIterator:
         return data
 
 
-def guard_step_function(step_function, check_batch, state_variables, compiled=False):
+def guard_step_function(step_function, check_batch, state_variables, compiled=False, steps_per_execution=lambda: 1):
     """Wraps a Keras train/test/predict function so bad inputs raise `ValueError`.
 
     Args:
@@ -104,8 +104,10 @@ def guard_step_function(step_function, check_batch, state_variables, compiled=Fa
             whose values are on the host.
         state_variables: returns the lists of variables that a JAX step's
             `state` tuple holds, in order.
-        compiled: bool. The step is compiled (`jit_compile=True` on PyTorch
-            means `torch.compile`, under which the model's own checks are skipped).
+        compiled: bool. The step is compiled (`jit_compile=True`: XLA on
+            TensorFlow drops assertion ops; on PyTorch it means `torch.compile`,
+            under which the model's own checks are skipped).
+        steps_per_execution: returns how many batches one call consumes.
     """
     if step_function is None or getattr(step_function, "_keras_siglip_guarded", False):
         return step_function
@@ -123,9 +125,24 @@ def guard_step_function(step_function, check_batch, state_variables, compiled=Fa
     elif BACKEND == "tensorflow":
         import tensorflow as tf
 
-        def guarded(*args, **kwargs):
+        def checked_batches(iterator):
+            # XLA drops assertion ops, so a compiled step is given a list of
+            # batches already checked on the host (Keras's loops take any iterable).
+            if not compiled or isinstance(iterator, tf.distribute.DistributedIterator):
+                return iterator
+            batches = []
+            for batch in iterator:
+                check_batch(batch)
+                batches.append(batch)
+                if len(batches) == steps_per_execution():
+                    break
+            if not batches:
+                raise StopIteration
+            return batches
+
+        def guarded(iterator, *args, **kwargs):
             try:
-                return step_function(*args, **kwargs)
+                return step_function(checked_batches(iterator), *args, **kwargs)
             except tf.errors.InvalidArgumentError as error:
                 found = re.search(re.escape(_ERROR_MARK) + r"(.*?)(?:\]|\n|$)", error.message)
                 if found is None:

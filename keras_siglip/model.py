@@ -362,21 +362,33 @@ class SigLIP(keras.Model):
     def make_train_function(self, force=False):
         super().make_train_function(force)
         self.train_function = backend.guard_step_function(
-            self.train_function, self._check_batch, lambda: self._state_variables("train"), self.jit_compile is True
+            self.train_function,
+            self._check_batch,
+            lambda: self._state_variables("train"),
+            compiled=self.jit_compile is True,
+            steps_per_execution=lambda: self.steps_per_execution,
         )
         return self.train_function
 
     def make_test_function(self, force=False):
         super().make_test_function(force)
         self.test_function = backend.guard_step_function(
-            self.test_function, self._check_batch, lambda: self._state_variables("test"), self.jit_compile is True
+            self.test_function,
+            self._check_batch,
+            lambda: self._state_variables("test"),
+            compiled=self.jit_compile is True,
+            steps_per_execution=lambda: self.steps_per_execution,
         )
         return self.test_function
 
     def make_predict_function(self, force=False):
         super().make_predict_function(force)
         self.predict_function = backend.guard_step_function(
-            self.predict_function, self._check_batch, lambda: self._state_variables("predict"), self.jit_compile is True
+            self.predict_function,
+            self._check_batch,
+            lambda: self._state_variables("predict"),
+            compiled=self.jit_compile is True,
+            steps_per_execution=lambda: self.steps_per_execution,
         )
         return self.predict_function
 
