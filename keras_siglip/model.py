@@ -359,37 +359,28 @@ class SigLIP(keras.Model):
             lists.append(self.metrics_variables)
         return lists
 
-    def make_train_function(self, force=False):
-        super().make_train_function(force)
-        self.train_function = backend.guard_step_function(
-            self.train_function,
+    def _guarded(self, step_function, kind):
+        return backend.guard_step_function(
+            step_function,
             self._check_batch,
-            lambda: self._state_variables("train"),
+            lambda: self._state_variables(kind),
             compiled=self.jit_compile is True,
             steps_per_execution=lambda: self.steps_per_execution,
         )
+
+    def make_train_function(self, force=False):
+        super().make_train_function(force)
+        self.train_function = self._guarded(self.train_function, "train")
         return self.train_function
 
     def make_test_function(self, force=False):
         super().make_test_function(force)
-        self.test_function = backend.guard_step_function(
-            self.test_function,
-            self._check_batch,
-            lambda: self._state_variables("test"),
-            compiled=self.jit_compile is True,
-            steps_per_execution=lambda: self.steps_per_execution,
-        )
+        self.test_function = self._guarded(self.test_function, "test")
         return self.test_function
 
     def make_predict_function(self, force=False):
         super().make_predict_function(force)
-        self.predict_function = backend.guard_step_function(
-            self.predict_function,
-            self._check_batch,
-            lambda: self._state_variables("predict"),
-            compiled=self.jit_compile is True,
-            steps_per_execution=lambda: self.steps_per_execution,
-        )
+        self.predict_function = self._guarded(self.predict_function, "predict")
         return self.predict_function
 
     # -- serialisation ------------------------------------------------------

@@ -269,16 +269,16 @@ def _interleave_files(files, open_file, options):
         open_file,
         cycle_length=min(len(files), 8),
         num_parallel_calls=min(len(files), 8),
-        deterministic=_is_deterministic(options),
+        deterministic=_is_deterministic(options.get("deterministic"), options.get("training", True)),
     )
     if count > 1 and not by_file:
         dataset = dataset.shard(count, index)
     return dataset
 
 
-def _is_deterministic(options):
-    deterministic = options.get("deterministic")
-    return not options.get("training", True) if deterministic is None else bool(deterministic)
+def _is_deterministic(deterministic, training):
+    """`deterministic=None` means: in file order when evaluating, as fast as possible when training."""
+    return not training if deterministic is None else bool(deterministic)
 
 
 def _shard(shard):
@@ -332,7 +332,7 @@ def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int; got {batch_size!r}.")
-    deterministic = _is_deterministic({"training": training, "deterministic": deterministic})
+    deterministic = _is_deterministic(deterministic, training)
     if deterministic and training and seed is None:
         raise ValueError("deterministic=True needs a `seed` when training (for shuffling and augmentation).")
     skipped = SkippedImages() if skipped is None else skipped
