@@ -57,6 +57,9 @@ class _Encoder(keras.layers.Layer):
 
     def __init__(self, width, depth, num_heads, mlp_dim, output_dim, layer_norm_epsilon, remat=False, **kwargs):
         super().__init__(**kwargs)
+        for name, value in (("width", width), ("depth", depth), ("num_heads", num_heads), ("mlp_dim", mlp_dim)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"`{name}` must be a positive int; got {value!r}.")
         self.remat = bool(remat)
         self.width = width
         self.depth = depth
@@ -97,10 +100,11 @@ class _Encoder(keras.layers.Layer):
             )
             self.head.build(pooled_shape)
 
-    def _encode(self, tokens):
-        for block in self.blocks:
+    def _encode(self, tokens, output_position=None):
+        """Blocks and final norm; with `output_position`, only that token's (B, 1, width) output."""
+        for block in self.blocks[:-1]:
             tokens = block(tokens)
-        return self.encoder_norm(tokens)
+        return self.encoder_norm(self.blocks[-1](tokens, output_position=output_position))
 
     def _project(self, pooled):
         return pooled if self.head is None else self.head(pooled)
@@ -348,13 +352,10 @@ class TextEncoder(_Encoder):
         length = ops.shape(token_ids)[1]
         tokens = self.token_embedding(token_ids)
         tokens = tokens + ops.cast(self.position_embedding[:, :length], tokens.dtype)
-        tokens = self._encode(tokens)
-        if self.pooling == "last":
-            pooled = tokens[:, -1]
-        elif self.pooling == "first":
-            pooled = tokens[:, 0]
-        else:
-            pooled = ops.mean(tokens, axis=1)
+        if self.pooling == "gap":
+            pooled = ops.mean(self._encode(tokens), axis=1)
+        else:  # one token is pooled: the last block computes only its output
+            pooled = self._encode(tokens, output_position=-1 if self.pooling == "last" else 0)[:, 0]
         return self._project(pooled)
 
     def compute_output_shape(self, input_shape):

@@ -70,6 +70,27 @@ def test_encoder_block_is_pre_layernorm_with_residuals():
     assert block.attention_norm.epsilon == 1e-6 and block.mlp_norm.epsilon == 1e-6
 
 
+def test_one_token_outputs_of_the_last_block_equal_the_full_blocks_and_pool_the_text_tower():
+    x = np.random.default_rng(3).normal(size=(2, 5, 8)).astype("float32")
+    block = EncoderBlock(num_heads=2, mlp_dim=16)
+    full = keras.ops.convert_to_numpy(block(x))
+    for position in (-1, 0, 2):
+        one = keras.ops.convert_to_numpy(block(x, output_position=position))
+        assert one.shape == (2, 1, 8)
+        np.testing.assert_allclose(one[:, 0], full[:, position], atol=1e-5)
+    token_ids = np.random.default_rng(4).integers(0, 10, (3, 6)).astype("int32")
+    for pooling, position in (("last", -1), ("first", 0)):
+        encoder = TextEncoder.from_variant("tiny", vocabulary_size=10, sequence_length=6, pooling=pooling)
+        tokens = encoder.token_embedding(token_ids) + encoder.position_embedding[:, :6]
+        for each in encoder.blocks:
+            tokens = each(tokens)
+        expected = encoder.head(encoder.encoder_norm(tokens)[:, position])
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(encoder(token_ids)),
+                                   keras.ops.convert_to_numpy(expected), atol=1e-5)
+    with pytest.raises(ValueError, match="depth"):
+        TextEncoder(vocabulary_size=10, sequence_length=6, width=8, depth=0, num_heads=2, mlp_dim=8)
+
+
 def test_patch_embedding_learned_position_init_scale():
     layer = PatchEmbedding(patch_size=4, width=256)
     out = layer(np.zeros((2, 64, 64, 3), "float32"))

@@ -220,6 +220,39 @@ def test_bad_images_are_skipped_counted_and_reported(corpus, tokenizer, tmp_path
     np.testing.assert_array_equal(token_ids[1], np.full(SEQUENCE_LENGTH, tokenizer.eos_id))  # d: no caption
 
 
+def test_failures_across_isolation_chunks_keep_file_order(corpus, tokenizer, tmp_path):
+    """Errors are isolated per sample in chunks of ISOLATION_CHUNK: a wholly bad chunk, bad samples at chunk
+    edges and good ones around them all come out right, in file order when evaluating."""
+    from keras_siglip.data.readers import ISOLATION_CHUNK
+
+    _, samples = corpus
+    (tmp_path / "good.jpg").write_bytes(samples[0]["bytes"])
+    (tmp_path / "good.png").write_bytes(samples[1]["bytes"])
+    (tmp_path / "bad.jpg").write_bytes(samples[0]["bytes"][:100])
+    count = 2 * ISOLATION_CHUNK + 11
+
+    def image_for(i):
+        if ISOLATION_CHUNK <= i < 2 * ISOLATION_CHUNK:
+            return f"missing-{i}.jpg"  # the whole second chunk
+        if i % 7 == 0 or i == ISOLATION_CHUNK - 1:
+            return "bad.jpg"
+        return "good.png" if i % 2 else "good.jpg"
+
+    rows = [(image_for(i), f"number {i}") for i in range(count)]
+    with open(tmp_path / "pairs.csv", "w", newline="") as file:
+        csv.writer(file).writerows([("image", "caption"), *rows])
+    dataset = read_manifest(str(tmp_path / "pairs.csv"), tokenizer, SigLIPImagePreprocessor(IMAGE_SIZE), 3,
+                            training=False, drop_remainder=False)
+    with pytest.warns(UserWarning, match="skipped 10 image"):
+        _, token_ids = collect(dataset)
+    good = [caption for image, caption in rows if image.startswith("good")]
+    np.testing.assert_array_equal(token_ids, keras.ops.convert_to_numpy(tokenizer(good)))
+    assert dataset.skipped_images.count == count - len(good)
+    bad = {image for image, _ in rows if not image.startswith("good")}
+    names = [os.path.basename(n) for n in dataset.skipped_images.names]  # chunks report as they finish
+    assert len(names) == 5 and set(names) <= bad
+
+
 def test_bad_arguments(corpus, tokenizer, tmp_path):
     root, _ = corpus
     preprocessor = SigLIPImagePreprocessor(IMAGE_SIZE)

@@ -28,6 +28,8 @@ from keras_siglip import backend
 
 AUTOTUNE = tf.data.AUTOTUNE
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "bmp", "webp")
+# Samples loaded by one small dataset: errors are isolated per sample at a per-chunk cost.
+ISOLATION_CHUNK = 32
 
 
 class SkippedImages:
@@ -347,7 +349,7 @@ def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training
     else:
         source = source.map(lambda sample: (sample, tf.zeros([2], tf.int64)))
 
-    def load(sample, seed_pair):
+    def load(sample, seed_pair, position):
         encoded = tf.io.read_file(sample["image"]) if image_is_path else sample["image"]
         image = image_preprocessor.decode(encoded)
         if augment:
@@ -356,32 +358,38 @@ def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training
             image = image_preprocessor.resize(image)
         else:
             image = image_preprocessor.resize_to_uint8(image)
-        return {"images": tf.ensure_shape(image, size + (3,)), "caption": sample["caption"],
-                "name": sample["name"], "ok": tf.constant(True)}
+        return {"images": tf.ensure_shape(image, size + (3,)), "caption": sample["caption"], "position": position}
 
-    def load_or_flag(sample, seed_pair):
-        # An error inside `load` drops that one-element dataset; the flagged
-        # placeholder behind it then comes out instead, so no error escapes.
-        loaded = tf.data.Dataset.from_tensors((sample, seed_pair)).map(load).ignore_errors()
-        placeholder = tf.zeros(size + (3,), tf.float32 if exact_resize else tf.uint8)
-        failed = tf.data.Dataset.from_tensors(
-            {"images": placeholder, "caption": sample["caption"], "name": sample["name"], "ok": tf.constant(False)}
-        )
-        return loaded.concatenate(failed).take(1)
+    pixel_dtype = tf.float32 if exact_resize else tf.uint8
+    nothing_loaded = {"images": tf.zeros((0,) + size + (3,), pixel_dtype), "caption": tf.zeros([0], tf.string),
+                      "position": tf.zeros([0], tf.int32)}
 
-    def record_failure(name):
-        skipped.add(name.numpy().decode("utf-8", "replace"))
-        return False
+    def record_failures(names):
+        for name in names.numpy():
+            skipped.add(name.decode("utf-8", "replace"))
+        return True
 
-    def keep(element):
-        return tf.cond(
-            element["ok"],
-            lambda: tf.constant(True),
-            lambda: tf.py_function(record_failure, [element["name"]], tf.bool),
-        )
+    def load_chunk(samples, seed_pairs):
+        # An error inside `load` drops just that sample (`ignore_errors`); the
+        # positions missing from what the chunk delivers name the failures. One
+        # small dataset per chunk rather than per image keeps this nearly free.
+        positions = tf.range(tf.shape(samples["name"])[0])
+        loaded = tf.data.Dataset.from_tensor_slices((samples, seed_pairs, positions)).map(load).ignore_errors()
+        gathered = loaded.batch(ISOLATION_CHUNK).concatenate(tf.data.Dataset.from_tensors(nothing_loaded)).take(1)
 
-    dataset = source.interleave(load_or_flag, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    dataset = dataset.filter(keep)
+        def report_failures(chunk):
+            delivered = tf.reduce_any(tf.equal(positions[:, None], chunk["position"][None, :]), axis=1)
+            failed = tf.boolean_mask(samples["name"], tf.logical_not(delivered))
+            reported = tf.cond(tf.size(failed) > 0, lambda: tf.py_function(record_failures, [failed], tf.bool),
+                               lambda: tf.constant(True))
+            with tf.control_dependencies([reported]):
+                return {"images": tf.identity(chunk["images"]), "caption": tf.identity(chunk["caption"])}
+
+        return gathered.map(report_failures).unbatch()
+
+    dataset = source.batch(ISOLATION_CHUNK).interleave(
+        load_chunk, block_length=ISOLATION_CHUNK, num_parallel_calls=AUTOTUNE, deterministic=deterministic
+    )
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE,
                             deterministic=deterministic)
 

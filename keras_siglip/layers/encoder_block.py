@@ -18,8 +18,9 @@ class EncoderBlock(keras.layers.Layer):
 
     Example:
     >>> import numpy as np
-    >>> EncoderBlock(num_heads=2, mlp_dim=16)(np.zeros((2, 5, 8))).shape
-    (2, 5, 8)
+    >>> block = EncoderBlock(num_heads=2, mlp_dim=16)
+    >>> block(np.zeros((2, 5, 8))).shape, block(np.zeros((2, 5, 8)), output_position=-1).shape
+    ((2, 5, 8), (2, 1, 8))
     """
 
     def __init__(self, num_heads, mlp_dim, layer_norm_epsilon=1e-6, **kwargs):
@@ -43,12 +44,23 @@ class EncoderBlock(keras.layers.Layer):
         for layer in (self.attention_norm, self.attention, self.mlp_norm, self.mlp):
             layer.build(input_shape)
 
-    def call(self, x):
-        x = x + self.attention(self.attention_norm(x))
+    def call(self, x, output_position=None):
+        """`output_position`: an int; only that token's output is computed, shape (B, 1, width).
+
+        A tower pooled by one token (the text tower's last) needs nothing
+        else from its last block: that token still attends over all of them,
+        but the other queries, their MLPs and their residuals are skipped.
+        """
+        normed = self.attention_norm(x)
+        if output_position is None:
+            x = x + self.attention(normed)
+        else:
+            end = None if output_position == -1 else output_position + 1
+            x = x[:, output_position:end] + self.attention(normed[:, output_position:end], normed)
         return x + self.mlp(self.mlp_norm(x))
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
+    def compute_output_shape(self, input_shape, output_position=None):
+        return input_shape if output_position is None else (input_shape[0], 1, input_shape[-1])
 
     def get_config(self):
         config = super().get_config()
