@@ -73,7 +73,7 @@ class _Encoder(keras.layers.Layer):
         """Width of what the tower returns."""
         return self.output_dim or self.width
 
-    def _build_blocks_and_head(self, token_shape, pooled_shape):
+    def _build_blocks_and_head(self, token_shape, pooled_shape, pooled_position=None):
         # Rematerialised blocks keep only their inputs for the backward pass
         # and recompute the rest: less memory, about a third more compute.
         with keras.RematScope(mode="full" if self.remat else None):
@@ -82,6 +82,8 @@ class _Encoder(keras.layers.Layer):
                     self.num_heads,
                     self.mlp_dim,
                     self.layer_norm_epsilon,
+                    # Pooled by one token: the last block computes only its output.
+                    output_position=pooled_position if i == self.depth - 1 else None,
                     dtype=self.dtype_policy,
                     name=f"block_{i}",
                 )
@@ -100,11 +102,10 @@ class _Encoder(keras.layers.Layer):
             )
             self.head.build(pooled_shape)
 
-    def _encode(self, tokens, output_position=None):
-        """Blocks and final norm; with `output_position`, only that token's (B, 1, width) output."""
-        for block in self.blocks[:-1]:
+    def _encode(self, tokens):
+        for block in self.blocks:
             tokens = block(tokens)
-        return self.encoder_norm(self.blocks[-1](tokens, output_position=output_position))
+        return self.encoder_norm(tokens)
 
     def _project(self, pooled):
         return pooled if self.head is None else self.head(pooled)
@@ -311,7 +312,7 @@ class TextEncoder(_Encoder):
             name="position_embedding",
         )
         token_shape = (None, self.sequence_length, self.width)
-        self._build_blocks_and_head(token_shape, (None, self.width))
+        self._build_blocks_and_head(token_shape, (None, self.width), {"last": -1, "first": 0}.get(self.pooling))
 
     def validate_inputs(self, token_ids):
         """Checks shape, dtype and range of token ids; raises `ValueError` naming the problem."""
@@ -352,11 +353,8 @@ class TextEncoder(_Encoder):
         length = ops.shape(token_ids)[1]
         tokens = self.token_embedding(token_ids)
         tokens = tokens + ops.cast(self.position_embedding[:, :length], tokens.dtype)
-        if self.pooling == "gap":
-            pooled = ops.mean(self._encode(tokens), axis=1)
-        else:  # one token is pooled: the last block computes only its output
-            pooled = self._encode(tokens, output_position=-1 if self.pooling == "last" else 0)[:, 0]
-        return self._project(pooled)
+        tokens = self._encode(tokens)  # (B, 1, width) when one token is pooled
+        return self._project(ops.mean(tokens, axis=1) if self.pooling == "gap" else tokens[:, 0])
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.embedding_dim)

@@ -75,15 +75,23 @@ def test_one_token_outputs_of_the_last_block_equal_the_full_blocks_and_pool_the_
     block = EncoderBlock(num_heads=2, mlp_dim=16)
     full = keras.ops.convert_to_numpy(block(x))
     for position in (-1, 0, 2):
-        one = keras.ops.convert_to_numpy(block(x, output_position=position))
+        one_block = EncoderBlock(num_heads=2, mlp_dim=16, output_position=position)
+        one_block.build(x.shape)
+        one_block.set_weights(block.get_weights())
+        one = keras.ops.convert_to_numpy(one_block(x))
         assert one.shape == (2, 1, 8)
         np.testing.assert_allclose(one[:, 0], full[:, position], atol=1e-5)
     token_ids = np.random.default_rng(4).integers(0, 10, (3, 6)).astype("int32")
     for pooling, position in (("last", -1), ("first", 0)):
         encoder = TextEncoder.from_variant("tiny", vocabulary_size=10, sequence_length=6, pooling=pooling)
+        assert encoder.blocks[-1].output_position == position and encoder.blocks[0].output_position is None
         tokens = encoder.token_embedding(token_ids) + encoder.position_embedding[:, :6]
-        for each in encoder.blocks:
+        for each in encoder.blocks[:-1]:
             tokens = each(tokens)
+        full_block = EncoderBlock(num_heads=2, mlp_dim=64)
+        full_block.build(tokens.shape)
+        full_block.set_weights(encoder.blocks[-1].get_weights())
+        tokens = full_block(tokens)
         expected = encoder.head(encoder.encoder_norm(tokens)[:, position])
         np.testing.assert_allclose(keras.ops.convert_to_numpy(encoder(token_ids)),
                                    keras.ops.convert_to_numpy(expected), atol=1e-5)
@@ -142,6 +150,7 @@ def test_map_pooling_returns_one_vector_per_example():
         (MultiHeadAttention(num_heads=2), (2, 3, 8)),
         (MlpBlock(mlp_dim=16), (2, 3, 8)),
         (EncoderBlock(num_heads=2, mlp_dim=16), (2, 3, 8)),
+        (EncoderBlock(num_heads=2, mlp_dim=16, output_position=-1), (2, 3, 8)),
         (MAPPooling(num_heads=2, mlp_dim=16), (2, 3, 8)),
         (PatchEmbedding(patch_size=4, width=8, position_embedding="sincos2d"), (2, 8, 8, 3)),
     ],

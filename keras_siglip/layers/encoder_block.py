@@ -14,17 +14,26 @@ class EncoderBlock(keras.layers.Layer):
         num_heads: int. Attention heads.
         mlp_dim: int. Hidden width of the MLP.
         layer_norm_epsilon: float. LayerNorm epsilon (1e-6 in the SigLIP towers).
+        output_position: int or `None`. Compute only this token's output,
+            shaped `(B, 1, width)`. A tower pooled by one token (the text
+            tower's last) needs nothing else from its last block: that token
+            still attends over all of them, but the other queries, their MLPs
+            and residuals are skipped.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:
     >>> import numpy as np
-    >>> block = EncoderBlock(num_heads=2, mlp_dim=16)
-    >>> block(np.zeros((2, 5, 8))).shape, block(np.zeros((2, 5, 8)), output_position=-1).shape
-    ((2, 5, 8), (2, 1, 8))
+    >>> EncoderBlock(num_heads=2, mlp_dim=16)(np.zeros((2, 5, 8))).shape
+    (2, 5, 8)
+    >>> EncoderBlock(num_heads=2, mlp_dim=16, output_position=-1)(np.zeros((2, 5, 8))).shape
+    (2, 1, 8)
     """
 
-    def __init__(self, num_heads, mlp_dim, layer_norm_epsilon=1e-6, **kwargs):
+    def __init__(self, num_heads, mlp_dim, layer_norm_epsilon=1e-6, output_position=None, **kwargs):
         super().__init__(**kwargs)
+        if output_position is not None and not isinstance(output_position, int):
+            raise ValueError(f"`output_position` must be an int or None; got {output_position!r}.")
+        self.output_position = output_position
         self.num_heads = num_heads
         self.mlp_dim = mlp_dim
         self.layer_norm_epsilon = layer_norm_epsilon
@@ -44,23 +53,18 @@ class EncoderBlock(keras.layers.Layer):
         for layer in (self.attention_norm, self.attention, self.mlp_norm, self.mlp):
             layer.build(input_shape)
 
-    def call(self, x, output_position=None):
-        """`output_position`: an int; only that token's output is computed, shape (B, 1, width).
-
-        A tower pooled by one token (the text tower's last) needs nothing
-        else from its last block: that token still attends over all of them,
-        but the other queries, their MLPs and their residuals are skipped.
-        """
+    def call(self, x):
         normed = self.attention_norm(x)
-        if output_position is None:
+        if self.output_position is None:
             x = x + self.attention(normed)
         else:
-            end = None if output_position == -1 else output_position + 1
-            x = x[:, output_position:end] + self.attention(normed[:, output_position:end], normed)
+            start = self.output_position
+            one = slice(start, None if start == -1 else start + 1)
+            x = x[:, one] + self.attention(normed[:, one], normed)
         return x + self.mlp(self.mlp_norm(x))
 
-    def compute_output_shape(self, input_shape, output_position=None):
-        return input_shape if output_position is None else (input_shape[0], 1, input_shape[-1])
+    def compute_output_shape(self, input_shape):
+        return input_shape if self.output_position is None else (input_shape[0], 1, input_shape[-1])
 
     def get_config(self):
         config = super().get_config()
@@ -69,6 +73,7 @@ class EncoderBlock(keras.layers.Layer):
                 "num_heads": self.num_heads,
                 "mlp_dim": self.mlp_dim,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
+                "output_position": self.output_position,
             }
         )
         return config
