@@ -127,6 +127,23 @@ def test_augmentation():
     np.testing.assert_allclose(as_numpy(whole(image, training=True)), as_numpy(whole(image)), atol=1e-6)
 
 
+def test_decode_and_augment_decodes_the_same_crop_of_a_jpeg():
+    preprocessor = SigLIPImagePreprocessor(image_size=20, random_resized_crop=True, horizontal_flip=True)
+    image = smooth_image(57, 83)
+    for seed in range(8):
+        seed = tf.constant([seed, 5], tf.int64)
+        for encoded, exact in ((tf.io.encode_png(image), True),
+                               (tf.io.encode_jpeg(image, quality=95, chroma_downsampling=False), True),
+                               (tf.io.encode_jpeg(image, quality=95), False)):
+            expected = preprocessor.augment(preprocessor.decode(encoded), seed).numpy()
+            window = preprocessor.decode_and_augment(encoded, seed).numpy()
+            assert window.shape == expected.shape
+            if exact:  # PNG and 4:4:4 JPEG: the very same pixels
+                np.testing.assert_array_equal(window, expected)
+            else:  # 4:2:0 JPEG: libjpeg's chroma upsampling at the window's edges
+                assert np.abs(window.astype(int) - expected.astype(int)).mean() < 0.5
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match="image_size"):
         SigLIPImagePreprocessor(image_size=0)

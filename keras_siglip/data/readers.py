@@ -351,9 +351,10 @@ def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training
 
     def load(sample, seed_pair, position):
         encoded = tf.io.read_file(sample["image"]) if image_is_path else sample["image"]
-        image = image_preprocessor.decode(encoded)
         if augment:
-            image = image_preprocessor.augment(image, seed_pair)
+            image = image_preprocessor.decode_and_augment(encoded, seed_pair)
+        else:
+            image = image_preprocessor.decode(encoded)
         if exact_resize:
             image = image_preprocessor.resize(image)
         else:

@@ -134,19 +134,51 @@ class SigLIPImagePreprocessor(ImageConverter):
         """Random resized crop and flip of one `(H, W, C)` image; `seed` is a shape-(2,) int tensor."""
         crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         if self.random_resized_crop:
-            begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-                tf.shape(image),
-                bounding_boxes=tf.zeros([0, 0, 4], tf.float32),
-                seed=crop_seed,
-                min_object_covered=0.0,
-                aspect_ratio_range=self.crop_aspect_ratio_range,
-                area_range=self.crop_area_range,
-                use_image_if_no_bounding_boxes=True,
-            )
+            begin, size = self._crop_box(tf.shape(image), crop_seed)
             image = tf.slice(image, begin, size)
-        if self.horizontal_flip:
-            image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-        return image
+        return self._flip(image, flip_seed)
+
+    def decode_and_augment(self, encoded, seed):
+        """`augment(decode(encoded), seed)`, decoding only the cropped window of a JPEG.
+
+        As big_vision's `decode_jpeg_and_inception_crop`: the crop box comes
+        from the JPEG header (the same box as `augment` draws), and libjpeg
+        decodes just that window, on average about half the image with the
+        default `crop_area_range`. Other formats, and JPEGs without chroma
+        subsampling, give exactly `augment(decode(encoded), seed)`; with
+        4:2:0 chroma, libjpeg's upsampling at the window's edges can make the
+        colour of the edge pixels differ slightly.
+        """
+        if not self.random_resized_crop:
+            return self.augment(self.decode(encoded), seed)
+        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+
+        def decode_jpeg_window():
+            begin, size = self._crop_box(tf.image.extract_jpeg_shape(encoded), crop_seed)
+            window = tf.stack([begin[0], begin[1], size[0], size[1]])
+            return tf.image.decode_and_crop_jpeg(encoded, window, channels=3, dct_method=self.jpeg_dct_method)
+
+        def decode_then_crop():
+            image = self.decode(encoded)
+            begin, size = self._crop_box(tf.shape(image), crop_seed)
+            return tf.slice(image, begin, size)
+
+        return self._flip(tf.cond(tf.io.is_jpeg(encoded), decode_jpeg_window, decode_then_crop), flip_seed)
+
+    def _crop_box(self, image_shape, seed):
+        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            tf.cast(image_shape, tf.int32),
+            bounding_boxes=tf.zeros([0, 0, 4], tf.float32),
+            seed=seed,
+            min_object_covered=0.0,
+            aspect_ratio_range=self.crop_aspect_ratio_range,
+            area_range=self.crop_area_range,
+            use_image_if_no_bounding_boxes=True,
+        )
+        return begin, size
+
+    def _flip(self, image, seed):
+        return tf.image.stateless_random_flip_left_right(image, seed) if self.horizontal_flip else image
 
     def resize(self, images):
         """Resize `(..., H, W, C)` pixels to the model size: float32, still in [0, 255]."""
