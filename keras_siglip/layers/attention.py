@@ -12,6 +12,21 @@ def glorot_uniform_for(fan_in, fan_out, seed=None):
     return keras.initializers.RandomUniform(-limit, limit, seed=seed)
 
 
+def as_rows(x):
+    """`(..., width)` to `(rows, width)`.
+
+    Projections multiply rows, not `(batch, tokens)` grids: the result is the
+    same, but the weight gradient then contracts over one axis instead of
+    two, which XLA's CPU backend runs about three times faster.
+    """
+    return ops.reshape(x, (-1, ops.shape(x)[-1]))
+
+
+def from_rows(rows, like):
+    """Rows back to the leading shape of `like`: `(..., rows.shape[-1])`."""
+    return ops.reshape(rows, tuple(ops.shape(like)[:-1]) + (rows.shape[-1],))
+
+
 @keras.saving.register_keras_serializable(package="keras_siglip")
 class MultiHeadAttention(keras.layers.Layer):
     """Multi-head attention whose core is `keras.ops.dot_product_attention`.
@@ -73,21 +88,20 @@ class MultiHeadAttention(keras.layers.Layer):
         self.value.build(key_value_shape)
         self.output_projection.build(query_shape)
 
-    def _split_heads(self, x):
-        batch, length = ops.shape(x)[0], ops.shape(x)[1]
-        return ops.reshape(x, (batch, length, self.num_heads, self.head_dim))
-
     def _project(self, x, projections):
-        """`[p(x) for p in projections]`, as one matrix multiply when allowed."""
+        """`[p(x) for p in projections]` split into heads, as one matrix multiply when allowed."""
+        batch, length = ops.shape(x)[0], ops.shape(x)[1]
+        rows = as_rows(x)
         fusable = self.fused_projections and len(projections) > 1 and not any(
             p.lora_enabled or p.dtype_policy.quantization_mode for p in projections
         )
-        if not fusable:
-            return [p(x) for p in projections]
-        kernel = ops.concatenate([ops.cast(p.kernel, x.dtype) for p in projections], axis=-1)
-        bias = ops.concatenate([ops.cast(p.bias, x.dtype) for p in projections], axis=-1)
-        joined = ops.matmul(x, kernel) + bias
-        return ops.split(joined, len(projections), axis=-1)
+        if fusable:
+            kernel = ops.concatenate([ops.cast(p.kernel, rows.dtype) for p in projections], axis=-1)
+            bias = ops.concatenate([ops.cast(p.bias, rows.dtype) for p in projections], axis=-1)
+            projected = ops.split(ops.matmul(rows, kernel) + bias, len(projections), axis=-1)
+        else:
+            projected = [p(rows) for p in projections]
+        return [ops.reshape(t, (batch, length, self.num_heads, self.head_dim)) for t in projected]
 
     def call(self, query, key_value=None):
         if key_value is None:
@@ -95,11 +109,8 @@ class MultiHeadAttention(keras.layers.Layer):
         else:
             (q,) = self._project(query, [self.query])
             k, v = self._project(key_value, [self.key, self.value])
-        q, k, v = (self._split_heads(t) for t in (q, k, v))
         attended = ops.dot_product_attention(q, k, v)
-        batch, length = ops.shape(query)[0], ops.shape(query)[1]
-        attended = ops.reshape(attended, (batch, length, self.num_heads * self.head_dim))
-        return self.output_projection(attended)
+        return from_rows(self.output_projection(ops.reshape(attended, (-1, self.num_heads * self.head_dim))), query)
 
     def compute_output_shape(self, query_shape, key_value_shape=None):
         return query_shape

@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_siglip.layers.attention import glorot_uniform_for
+from keras_siglip.layers.attention import as_rows, from_rows, glorot_uniform_for
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
@@ -47,8 +47,8 @@ class MlpBlock(keras.layers.Layer):
         self.output_projection.build(tuple(input_shape[:-1]) + (self.mlp_dim,))
 
     def call(self, x):
-        x = keras.activations.gelu(self.hidden(x), approximate=True)
-        return self.output_projection(x)
+        hidden = keras.activations.gelu(self.hidden(as_rows(x)), approximate=True)
+        return from_rows(self.output_projection(hidden), x)
 
     def compute_output_shape(self, input_shape):
         return input_shape
