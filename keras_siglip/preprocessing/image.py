@@ -37,7 +37,8 @@ class SigLIPImagePreprocessor(ImageConverter):
     `training=True` an Inception-style random resized crop and a horizontal
     flip can come first. All the work is TensorFlow ops, so the same code runs
     eagerly (outputs are tensors of the active Keras backend) and inside
-    `tf.data` (the readers in `keras_siglip.data` call `preprocess_encoded`).
+    `tf.data` (the readers in `keras_siglip.data` call `decode` or
+    `decode_and_augment`, then `resize_to_uint8` per image and `scale_pixels` per batch).
 
     Accepts uint8 or float pixels in `[0, 255]`, shaped `(H, W, 3)` or
     `(B, H, W, 3)` (grayscale `(..., 1)` is repeated to RGB), or encoded
@@ -220,10 +221,7 @@ class SigLIPImagePreprocessor(ImageConverter):
         return self.scale_pixels(self.resize(images))
 
     def resized_image(self, image, training=False, seed=None):
-        """One `(H, W, C)` image, augmented if training, resized: float32 `(S, S, 3)` in [0, 255].
-
-        The readers call this per image and `scale_pixels` once per batch.
-        """
+        """One `(H, W, C)` image, augmented if training, resized: float32 `(S, S, 3)` in [0, 255]."""
         image = self._as_rgb(image)
         if training and self.augments:
             image = self.augment(image, self._draw_seeds(1)[0] if seed is None else seed)
