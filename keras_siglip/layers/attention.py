@@ -52,7 +52,7 @@ class MultiHeadAttention(keras.layers.Layer):
     Example:
     >>> import numpy as np
     >>> attention = MultiHeadAttention(num_heads=2)
-    >>> attention(np.zeros((1, 5, 8)), np.zeros((1, 7, 8))).shape
+    >>> tuple(attention(np.zeros((1, 5, 8)), np.zeros((1, 7, 8))).shape)
     (1, 5, 8)
     """
 

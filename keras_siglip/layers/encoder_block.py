@@ -23,9 +23,9 @@ class EncoderBlock(keras.layers.Layer):
 
     Example:
     >>> import numpy as np
-    >>> EncoderBlock(num_heads=2, mlp_dim=16)(np.zeros((2, 5, 8))).shape
+    >>> tuple(EncoderBlock(num_heads=2, mlp_dim=16)(np.zeros((2, 5, 8))).shape)
     (2, 5, 8)
-    >>> EncoderBlock(num_heads=2, mlp_dim=16, output_position=-1)(np.zeros((2, 5, 8))).shape
+    >>> tuple(EncoderBlock(num_heads=2, mlp_dim=16, output_position=-1)(np.zeros((2, 5, 8))).shape)
     (2, 1, 8)
     """
 

@@ -18,7 +18,7 @@ class MlpBlock(keras.layers.Layer):
 
     Example:
     >>> import numpy as np
-    >>> MlpBlock(mlp_dim=16)(np.zeros((2, 3, 8))).shape
+    >>> tuple(MlpBlock(mlp_dim=16)(np.zeros((2, 3, 8))).shape)
     (2, 3, 8)
     """
 
