@@ -135,8 +135,7 @@ class SigLIPImagePreprocessor(ImageConverter):
         """Random resized crop and flip of one `(H, W, C)` image; `seed` is a shape-(2,) int tensor."""
         crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         if self.random_resized_crop:
-            begin, size = self._crop_box(tf.shape(image), crop_seed)
-            image = tf.slice(image, begin, size)
+            image = self._crop(image, crop_seed)
         return self._flip(image, flip_seed)
 
     def decode_and_augment(self, encoded, seed):
@@ -159,12 +158,8 @@ class SigLIPImagePreprocessor(ImageConverter):
             window = tf.stack([begin[0], begin[1], size[0], size[1]])
             return tf.image.decode_and_crop_jpeg(encoded, window, channels=3, dct_method=self.jpeg_dct_method)
 
-        def decode_then_crop():
-            image = self.decode(encoded)
-            begin, size = self._crop_box(tf.shape(image), crop_seed)
-            return tf.slice(image, begin, size)
-
-        return self._flip(tf.cond(tf.io.is_jpeg(encoded), decode_jpeg_window, decode_then_crop), flip_seed)
+        image = tf.cond(tf.io.is_jpeg(encoded), decode_jpeg_window, lambda: self._crop(self.decode(encoded), crop_seed))
+        return self._flip(image, flip_seed)
 
     def _crop_box(self, image_shape, seed):
         begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
@@ -177,6 +172,10 @@ class SigLIPImagePreprocessor(ImageConverter):
             use_image_if_no_bounding_boxes=True,
         )
         return begin, size
+
+    def _crop(self, image, seed):
+        begin, size = self._crop_box(tf.shape(image), seed)
+        return tf.slice(image, begin, size)
 
     def _flip(self, image, seed):
         return tf.image.stateless_random_flip_left_right(image, seed) if self.horizontal_flip else image
