@@ -247,3 +247,43 @@ def test_towers_of_different_widths_are_rejected():
     text_encoder = TextEncoder.from_variant("tiny", vocabulary_size=10, sequence_length=4, output_dim=16)
     with pytest.raises(ValueError, match="same width; the image encoder gives 32 and the text encoder 16"):
         SigLIP(image_encoder, text_encoder)
+
+
+_WITHOUT_TENSORFLOW = """
+import numpy as np
+import keras_siglip
+from keras_siglip import SigLIP, sigmoid_loss
+model = SigLIP.from_variant("tiny", image_size=16, patch_size=4, vocabulary_size=64, sequence_length=8)
+model.compile()
+rng = np.random.default_rng(0)
+batch = {"images": rng.uniform(-1, 1, (4, 16, 16, 3)).astype("float32"),
+         "token_ids": rng.integers(0, 64, (4, 8)).astype("int32")}
+loss = float(model.train_on_batch(batch))
+assert np.isfinite(loss), loss
+for preprocessing in (keras_siglip.SigLIPTokenizer, keras_siglip.SigLIPImagePreprocessor):
+    try:
+        preprocessing()
+    except ImportError as error:
+        print("clear error:", error)
+print("trained, loss", loss)
+"""
+
+
+@pytest.mark.skipif(keras.backend.backend() == "tensorflow", reason="the TensorFlow backend needs TensorFlow")
+def test_model_and_loss_train_without_tensorflow_installed(tmp_path):
+    # A GPU image with JAX or PyTorch but no TensorFlow (the benchmarks' machines):
+    # the model, losses and Keras training need no tf.data and no tensorflow-text.
+    import os
+    import subprocess
+    import sys
+
+    for module in ("tensorflow", "tensorflow_text", "tf_keras"):
+        (tmp_path / module).mkdir()
+        (tmp_path / module / "__init__.py").write_text(f"raise ImportError('{module} is not installed')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path)] + sys.path))
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_TENSORFLOW], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "trained, loss" in done.stdout
+    assert "clear error: SigLIPTokenizer needs tensorflow" in done.stdout
+    assert "clear error: SigLIPImagePreprocessor needs tensorflow" in done.stdout

@@ -241,7 +241,6 @@ def main(argv):
           f"{'torch.compile' if base['jit_compile'] is True else 'XLA' if backend != 'torch' else 'eager'}")
     header = (f"| library | batch | remat | ms/step (each run) | pairs/s | TFLOP/s | MFU | peak memory (GiB) | loss |\n"
               f"|---|---|---|---|---|---|---|---|---|")
-    print(header, flush=True)
     rows = []
     for batch_size in batch_sizes:
         for library in FLAGS.libraries:
@@ -257,6 +256,10 @@ def main(argv):
     for _ in range(FLAGS.repeats):
         for row, runs in zip(rows, results):
             runs.append(measure(row))
+            # Each measurement as it lands: a run cut short by a time limit still leaves its figures.
+            print(f"# {row['library']}, batch {row['batch_size']}, remat {row['remat']}: {json.dumps(runs[-1])}",
+                  flush=True)
+    print(header, flush=True)
     rates = {}
     for c, runs in zip(rows, results):
         library, batch_size, remat = c["library"], c["batch_size"], c["remat"]

@@ -8,7 +8,7 @@ from keras_siglip.model import SigLIP
 
 try:
     import tensorflow as tf
-except ImportError:  # pragma: no cover - tensorflow is a hard dependency
+except ImportError:  # the model and losses work without it; preprocessing does not
     tf = None
 
 
@@ -90,6 +90,10 @@ class SigLIPImagePreprocessor(ImageConverter):
         jpeg_dct_method="",
         **kwargs,
     ):
+        if tf is None:
+            raise ImportError(
+                "SigLIPImagePreprocessor needs tensorflow (`pip install keras_siglip` installs it)."
+            )
         size = _as_size(image_size)
         if jpeg_dct_method not in ("", "INTEGER_FAST", "INTEGER_ACCURATE"):
             raise ValueError(

@@ -3,14 +3,14 @@
 import string
 
 import keras
+from keras_hub.src.utils.tensor_utils import preprocessing_function
 from keras_hub.tokenizers import SentencePieceTokenizer
 
 from keras_siglip.model import SigLIP
 
 try:
     import tensorflow as tf
-    from keras_hub.src.utils.tensor_utils import preprocessing_function
-except ImportError:  # pragma: no cover - tensorflow is a hard dependency
+except ImportError:  # the model and losses work without it; tokenizing does not
     tf = None
 
 LOWERCASE_MODES = ("ascii", "unicode")
@@ -104,6 +104,10 @@ class SigLIPTokenizer(SentencePieceTokenizer):
         pad_id=None,
         **kwargs,
     ):
+        if tf is None:
+            raise ImportError(
+                "SigLIPTokenizer needs tensorflow and tensorflow-text (`pip install keras_siglip` installs them)."
+            )
         if not isinstance(sequence_length, int) or isinstance(sequence_length, bool) or sequence_length < 1:
             raise ValueError(
                 f"`sequence_length` must be a positive int; got {sequence_length!r}."
