@@ -12,6 +12,9 @@ inside a compiled training step. Each backend gets that here:
 - JAX traces, XLA-compiled TensorFlow steps (XLA drops assertions) and
   `torch.compile`d steps cannot raise on values, so `guard_step_function`
   checks each batch on the host before it enters the compiled step.
+
+It also holds the one `torch.compile` of an encoder block (`torch_compiled`)
+that `SigLIP` uses for `jit_compile=True` on PyTorch.
 """
 
 import re
@@ -105,8 +108,8 @@ def guard_step_function(step_function, check_batch, state_variables, compiled=Fa
         state_variables: returns the lists of variables that a JAX step's
             `state` tuple holds, in order.
         compiled: bool. The step is compiled (`jit_compile=True`: XLA on
-            TensorFlow drops assertion ops; on PyTorch it means `torch.compile`,
-            under which the model's own checks are skipped).
+            TensorFlow drops assertion ops; on PyTorch the encoder blocks are
+            `torch.compile`d, so batches are checked on the host as well).
         steps_per_execution: returns how many batches one call consumes.
     """
     if step_function is None or getattr(step_function, "_keras_siglip_guarded", False):
@@ -268,3 +271,19 @@ def process_index_and_count():
         if dist.is_available() and dist.is_initialized():
             return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+_TORCH_COMPILED = {}
+
+
+def torch_compiled(function):
+    """One `torch.compile(function)` per process, so its cache serves every caller.
+
+    Shapes are static: a new input shape (say, a last smaller batch) compiles
+    once more, up to torch's recompile limit, after which that call runs eagerly.
+    """
+    if function not in _TORCH_COMPILED:
+        import torch
+
+        _TORCH_COMPILED[function] = torch.compile(function, dynamic=False)
+    return _TORCH_COMPILED[function]

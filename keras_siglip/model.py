@@ -8,6 +8,7 @@ from keras import ops
 
 from keras_siglip import backend
 from keras_siglip.encoders import ImageEncoder, TextEncoder
+from keras_siglip.layers.encoder_block import EncoderBlock, encoder_block
 from keras_siglip.losses import SigmoidLoss
 from keras_siglip.optimizers import MultipliedLearningRateAdamW
 
@@ -368,17 +369,35 @@ class SigLIP(keras.Model):
             steps_per_execution=lambda: self.steps_per_execution,
         )
 
+    def _should_torch_compile(self):
+        # Keras would torch.compile the whole step, which its layer machinery makes
+        # recompile again and again; `jit_compile=True` compiles the encoder blocks
+        # instead (`_compile_encoder_blocks`), and the rest of the step runs eagerly.
+        return False
+
+    def _compile_encoder_blocks(self):
+        """On PyTorch with `jit_compile=True`, each encoder block runs as one compiled function."""
+        compiled = None
+        if backend.BACKEND == "torch" and self.jit_compile is True:
+            compiled = backend.torch_compiled(encoder_block)
+        for layer in self._flatten_layers(include_self=False):
+            if isinstance(layer, EncoderBlock):
+                layer.compiled_forward = compiled
+
     def make_train_function(self, force=False):
+        self._compile_encoder_blocks()
         super().make_train_function(force)
         self.train_function = self._guarded(self.train_function, "train")
         return self.train_function
 
     def make_test_function(self, force=False):
+        self._compile_encoder_blocks()
         super().make_test_function(force)
         self.test_function = self._guarded(self.test_function, "test")
         return self.test_function
 
     def make_predict_function(self, force=False):
+        self._compile_encoder_blocks()
         super().make_predict_function(force)
         self.predict_function = self._guarded(self.predict_function, "predict")
         return self.predict_function

@@ -6,7 +6,8 @@ import pytest
 from conftest import random_pairs, tiny_siglip
 
 from keras_siglip import ImageEncoder, TextEncoder
-from keras_siglip.layers import MultiHeadAttention
+from keras_siglip.layers import EncoderBlock, MlpBlock, MultiHeadAttention
+from keras_siglip.layers.encoder_block import encoder_block
 
 
 def _copy_weights(source, target):
@@ -82,3 +83,50 @@ def test_fast_path_loss_after_20_steps_matches_float32_within_bfloat16_tolerance
     np.testing.assert_allclose(losses["mixed_bfloat16"], losses["float32"], rtol=1e-2)
     assert losses["float32"][-1] < 0.5 * losses["float32"][0]  # it trained
     assert not np.array_equal(losses["mixed_bfloat16"], losses["float32"])  # and bfloat16 really ran
+
+
+def test_lora_mlp_layers_reach_the_output():
+    rng = np.random.default_rng(2)
+    tokens = rng.normal(size=(2, 4, 8)).astype("float32")
+    mlp = MlpBlock(mlp_dim=16)
+    mlp.build(tokens.shape)
+    before = keras.ops.convert_to_numpy(mlp(tokens))
+    mlp.output_projection.enable_lora(rank=2)
+    mlp.output_projection.lora_kernel_b.assign(rng.normal(size=(2, 8)).astype("float32"))
+    assert not mlp.plain
+    assert not np.allclose(keras.ops.convert_to_numpy(mlp(tokens)), before, atol=1e-4)
+
+
+@pytest.mark.parametrize("output_position", [None, -1, 0])
+def test_encoder_block_function_computes_what_the_layer_does(output_position):
+    # `encoder_block` is what PyTorch compiles for `jit_compile=True`; the layer path is
+    # the sublayers' own calls. Distinct norms and biases, so a weight in the wrong slot shows.
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3, 6, 16)).astype("float32")
+    block = EncoderBlock(num_heads=4, mlp_dim=32, output_position=output_position)
+    block.build(x.shape)
+    block.set_weights([rng.normal(size=w.shape).astype("float32") * 0.3 for w in block.get_weights()])
+    norms = [block.attention_norm.gamma, block.attention_norm.beta, block.mlp_norm.gamma, block.mlp_norm.beta]
+    weights = [keras.ops.convert_to_tensor(w) for w in norms]
+    weights += block.attention.weights_in("float32") + block.mlp.weights_in("float32")
+    expected = keras.ops.convert_to_numpy(block(x))
+    for fused in (True, False):
+        got = encoder_block(x, weights, 4, 1e-6, output_position, fused_projections=fused)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(got), expected, atol=1e-5)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="jit_compile=True means torch.compile on PyTorch only")
+def test_torch_jit_compile_compiles_the_encoder_blocks_and_trains_like_eager():
+    batch = random_pairs(8)
+    losses = {}
+    for jit_compile in (False, True):
+        keras.utils.set_random_seed(0)
+        model = tiny_siglip()
+        model.compile(jit_compile=jit_compile)
+        losses[jit_compile] = [float(model.train_on_batch(batch)) for _ in range(3)]
+        blocks = [layer for layer in model._flatten_layers() if isinstance(layer, EncoderBlock)]
+        assert len(blocks) == 4 and all((b.compiled_forward is not None) is jit_compile for b in blocks)
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)
+    # Evaluation and prediction at another batch size use the compiled blocks too.
+    embeddings = model.predict(random_pairs(5), batch_size=5, verbose=0)
+    assert embeddings["text_embeddings"].shape == (5, 32)

@@ -27,6 +27,44 @@ def from_rows(rows, like):
     return ops.reshape(rows, tuple(ops.shape(like)[:-1]) + (rows.shape[-1],))
 
 
+def multi_head_attention(query, key_value, weights, num_heads, fused_projections=True, flash_attention=None):
+    """`MultiHeadAttention`'s computation on plain tensors.
+
+    Args:
+        query: `(B, T, width)`.
+        key_value: `(B, S, width)`, or `None` for self-attention.
+        weights: `[query kernel, query bias, key kernel, key bias, value kernel,
+            value bias, output kernel, output bias]`, in the query's dtype.
+        num_heads: int.
+        fused_projections: bool. One matrix multiply per input sequence.
+        flash_attention: passed to `keras.ops.dot_product_attention` (`None`:
+            its own choice).
+
+    Returns:
+        `(B, T, width)`.
+    """
+    wq, bq, wk, bk, wv, bv, wo, bo = weights
+    batch, width = ops.shape(query)[0], ops.shape(query)[-1]
+    head_dim = width // num_heads
+
+    def project(x, kernels, biases):
+        rows = as_rows(x)
+        if fused_projections and len(kernels) > 1:
+            joined = ops.matmul(rows, ops.concatenate(kernels, axis=-1)) + ops.concatenate(biases, axis=-1)
+            projected = ops.split(joined, len(kernels), axis=-1)
+        else:
+            projected = [ops.matmul(rows, k) + b for k, b in zip(kernels, biases)]
+        return [ops.reshape(t, (batch, -1, num_heads, head_dim)) for t in projected]
+
+    if key_value is None:
+        q, k, v = project(query, [wq, wk, wv], [bq, bk, bv])
+    else:
+        (q,) = project(query, [wq], [bq])
+        k, v = project(key_value, [wk, wv], [bk, bv])
+    attended = ops.dot_product_attention(q, k, v, flash_attention=flash_attention)
+    return from_rows(ops.matmul(ops.reshape(attended, (-1, width)), wo) + bo, query)
+
+
 @keras.saving.register_keras_serializable(package="keras_siglip")
 class MultiHeadAttention(keras.layers.Layer):
     """Multi-head attention whose core is `keras.ops.dot_product_attention`.
@@ -37,11 +75,12 @@ class MultiHeadAttention(keras.layers.Layer):
     all patch tokens).
 
     The query, key, value and output projections are separate `Dense` layers,
-    as in the checkpoints; with `fused_projections` their kernels are joined
-    at call time so the projections of one sequence run as one matrix
+    as in the checkpoints; the computation itself is `multi_head_attention`,
+    a function of plain tensors. With `fused_projections` the kernels are
+    joined at call time so the projections of one sequence run as one matrix
     multiply (query+key+value in self-attention, key+value in cross-attention).
-    The result is the same; a LoRA-enabled or quantized projection is always
-    called on its own.
+    The result is the same. When a projection is LoRA-enabled or quantized,
+    every projection is called as its `Dense` layer instead.
 
     Args:
         num_heads: int. Number of attention heads; must divide the width.
@@ -88,27 +127,32 @@ class MultiHeadAttention(keras.layers.Layer):
         self.value.build(key_value_shape)
         self.output_projection.build(query_shape)
 
-    def _project(self, x, projections):
-        """`[p(x) for p in projections]` split into heads, as one matrix multiply when allowed."""
-        batch, length = ops.shape(x)[0], ops.shape(x)[1]
-        rows = as_rows(x)
-        fusable = self.fused_projections and len(projections) > 1 and not any(
-            p.lora_enabled or p.dtype_policy.quantization_mode for p in projections
-        )
-        if fusable:
-            kernel = ops.concatenate([ops.cast(p.kernel, rows.dtype) for p in projections], axis=-1)
-            bias = ops.concatenate([ops.cast(p.bias, rows.dtype) for p in projections], axis=-1)
-            projected = ops.split(ops.matmul(rows, kernel) + bias, len(projections), axis=-1)
-        else:
-            projected = [p(rows) for p in projections]
-        return [ops.reshape(t, (batch, length, self.num_heads, self.head_dim)) for t in projected]
+    @property
+    def plain(self):
+        """No LoRA or quantized projection: the kernels can be used as they are."""
+        projections = (self.query, self.key, self.value, self.output_projection)
+        return not any(p.lora_enabled or p.dtype_policy.quantization_mode for p in projections)
+
+    def weights_in(self, dtype):
+        """The projections' kernels and biases for `multi_head_attention`, cast to `dtype`."""
+        projections = (self.query, self.key, self.value, self.output_projection)
+        return [ops.cast(w, dtype) for p in projections for w in (p.kernel, p.bias)]
 
     def call(self, query, key_value=None):
+        if self.plain:
+            return multi_head_attention(
+                query, key_value, self.weights_in(query.dtype), self.num_heads, self.fused_projections
+            )
+        # A LoRA-enabled or quantized projection computes its own product.
+        def project(x, projections):
+            rows = as_rows(x)
+            return [ops.reshape(p(rows), (ops.shape(x)[0], -1, self.num_heads, self.head_dim)) for p in projections]
+
         if key_value is None:
-            q, k, v = self._project(query, [self.query, self.key, self.value])
+            q, k, v = project(query, [self.query, self.key, self.value])
         else:
-            (q,) = self._project(query, [self.query])
-            k, v = self._project(key_value, [self.key, self.value])
+            (q,) = project(query, [self.query])
+            k, v = project(key_value, [self.key, self.value])
         attended = ops.dot_product_attention(q, k, v)
         return from_rows(self.output_projection(ops.reshape(attended, (-1, self.num_heads * self.head_dim))), query)
 

@@ -1,8 +1,17 @@
 """The transformer's position-wise MLP: Dense -> tanh-GELU -> Dense."""
 
 import keras
+from keras import ops
 
 from keras_siglip.layers.attention import as_rows, from_rows, glorot_uniform_for
+
+
+def mlp_block(x, weights):
+    """`MlpBlock`'s computation on plain tensors: `weights` = [hidden kernel, hidden bias,
+    output kernel, output bias] in `x`'s dtype; `(..., width)` -> `(..., width)`."""
+    hidden_kernel, hidden_bias, output_kernel, output_bias = weights
+    hidden = keras.activations.gelu(ops.matmul(as_rows(x), hidden_kernel) + hidden_bias, approximate=True)
+    return from_rows(ops.matmul(hidden, output_kernel) + output_bias, x)
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
@@ -46,7 +55,19 @@ class MlpBlock(keras.layers.Layer):
         self.hidden.build(input_shape)
         self.output_projection.build(tuple(input_shape[:-1]) + (self.mlp_dim,))
 
+    @property
+    def plain(self):
+        """No LoRA or quantized layer: the kernels can be used as they are."""
+        return not any(d.lora_enabled or d.dtype_policy.quantization_mode for d in (self.hidden, self.output_projection))
+
+    def weights_in(self, dtype):
+        """The kernels and biases for `mlp_block`, cast to `dtype`."""
+        return [ops.cast(w, dtype) for d in (self.hidden, self.output_projection) for w in (d.kernel, d.bias)]
+
     def call(self, x):
+        if self.plain:
+            return mlp_block(x, self.weights_in(x.dtype))
+        # A LoRA-enabled or quantized Dense computes its own product.
         hidden = keras.activations.gelu(self.hidden(as_rows(x)), approximate=True)
         return from_rows(self.output_projection(hidden), x)
 
