@@ -37,16 +37,25 @@ def test_fused_projections_equal_separate_ones(cross):
     assert MultiHeadAttention.from_config(separate.get_config()).fused_projections is False
 
 
-def test_lora_projections_are_not_fused():
+@pytest.mark.parametrize(
+    "make_layer, lora_dense",
+    [
+        (lambda: MultiHeadAttention(num_heads=2), lambda layer: layer.value),
+        (lambda: MlpBlock(mlp_dim=16), lambda layer: layer.output_projection),
+    ],
+    ids=["attention_value", "mlp_output"],
+)
+def test_a_lora_projection_reaches_the_output(make_layer, lora_dense):
     rng = np.random.default_rng(1)
     tokens = rng.normal(size=(2, 4, 8)).astype("float32")
-    attention = MultiHeadAttention(num_heads=2)
-    attention.build(tokens.shape)
-    before = keras.ops.convert_to_numpy(attention(tokens))
-    attention.value.enable_lora(rank=2)
-    attention.value.lora_kernel_b.assign(rng.normal(size=(2, 8)).astype("float32"))
-    # The LoRA update must reach the output, which it would not if the plain kernels were joined.
-    assert not np.allclose(keras.ops.convert_to_numpy(attention(tokens)), before, atol=1e-4)
+    layer = make_layer()
+    layer.build(tokens.shape)
+    before = keras.ops.convert_to_numpy(layer(tokens))
+    lora_dense(layer).enable_lora(rank=2)
+    lora_dense(layer).lora_kernel_b.assign(rng.normal(size=(2, 8)).astype("float32"))
+    assert not layer.plain
+    # The LoRA update must reach the output, which it would not if the plain kernels were used.
+    assert not np.allclose(keras.ops.convert_to_numpy(layer(tokens)), before, atol=1e-4)
 
 
 def test_remat_towers_train_exactly_like_plain_ones_and_keep_the_setting():
@@ -83,18 +92,6 @@ def test_fast_path_loss_after_20_steps_matches_float32_within_bfloat16_tolerance
     np.testing.assert_allclose(losses["mixed_bfloat16"], losses["float32"], rtol=1e-2)
     assert losses["float32"][-1] < 0.5 * losses["float32"][0]  # it trained
     assert not np.array_equal(losses["mixed_bfloat16"], losses["float32"])  # and bfloat16 really ran
-
-
-def test_lora_mlp_layers_reach_the_output():
-    rng = np.random.default_rng(2)
-    tokens = rng.normal(size=(2, 4, 8)).astype("float32")
-    mlp = MlpBlock(mlp_dim=16)
-    mlp.build(tokens.shape)
-    before = keras.ops.convert_to_numpy(mlp(tokens))
-    mlp.output_projection.enable_lora(rank=2)
-    mlp.output_projection.lora_kernel_b.assign(rng.normal(size=(2, 8)).astype("float32"))
-    assert not mlp.plain
-    assert not np.allclose(keras.ops.convert_to_numpy(mlp(tokens)), before, atol=1e-4)
 
 
 @pytest.mark.parametrize("output_position", [None, -1, 0])
