@@ -53,8 +53,7 @@ def test_a_lora_projection_reaches_the_output(make_layer, lora_dense):
     before = keras.ops.convert_to_numpy(layer(tokens))
     lora_dense(layer).enable_lora(rank=2)
     lora_dense(layer).lora_kernel_b.assign(rng.normal(size=(2, 8)).astype("float32"))
-    assert not layer.plain
-    # The LoRA update must reach the output, which it would not if the plain kernels were used.
+    # The LoRA update must reach the output (through the Dense layer's `kernel`, which includes it).
     assert not np.allclose(keras.ops.convert_to_numpy(layer(tokens)), before, atol=1e-4)
 
 
@@ -94,6 +93,21 @@ def test_fast_path_loss_after_20_steps_matches_float32_within_bfloat16_tolerance
     assert not np.array_equal(losses["mixed_bfloat16"], losses["float32"])  # and bfloat16 really ran
 
 
+def test_quantized_projections_run_as_their_dense_layers():
+    rng = np.random.default_rng(3)
+    tokens = rng.normal(size=(2, 4, 8)).astype("float32")
+    for layer in (MultiHeadAttention(num_heads=2), MlpBlock(mlp_dim=16)):
+        layer.build(tokens.shape)
+        before = keras.ops.convert_to_numpy(layer(tokens))
+        for dense in layer._flatten_layers(include_self=False):
+            dense.quantize("int8")
+        assert not layer.plain
+        # int8 kernels: within a few percent of the float result, not equal to it.
+        after = keras.ops.convert_to_numpy(layer(tokens))
+        np.testing.assert_allclose(after, before, atol=0.05 * np.abs(before).max())
+        assert not np.array_equal(after, before)
+
+
 @pytest.mark.parametrize("output_position", [None, -1, 0])
 def test_encoder_block_function_computes_what_the_layer_does(output_position):
     # `encoder_block` is what PyTorch compiles for `jit_compile=True`; the layer path is
@@ -103,9 +117,7 @@ def test_encoder_block_function_computes_what_the_layer_does(output_position):
     block = EncoderBlock(num_heads=4, mlp_dim=32, output_position=output_position)
     block.build(x.shape)
     block.set_weights([rng.normal(size=w.shape).astype("float32") * 0.3 for w in block.get_weights()])
-    norms = [block.attention_norm.gamma, block.attention_norm.beta, block.mlp_norm.gamma, block.mlp_norm.beta]
-    weights = [keras.ops.convert_to_tensor(w) for w in norms]
-    weights += block.attention.weights_in("float32") + block.mlp.weights_in("float32")
+    weights = block.weights_in("float32")
     expected = keras.ops.convert_to_numpy(block(x))
     for fused in (True, False):
         got = encoder_block(x, weights, 4, 1e-6, output_position, fused_projections=fused)

@@ -252,7 +252,7 @@ def test_towers_of_different_widths_are_rejected():
 _WITHOUT_TENSORFLOW = """
 import numpy as np
 import keras_siglip
-from keras_siglip import SigLIP, sigmoid_loss
+from keras_siglip import SigLIP
 model = SigLIP.from_variant("tiny", image_size=16, patch_size=4, vocabulary_size=64, sequence_length=8)
 model.compile()
 rng = np.random.default_rng(0)

@@ -27,42 +27,60 @@ def from_rows(rows, like):
     return ops.reshape(rows, tuple(ops.shape(like)[:-1]) + (rows.shape[-1],))
 
 
-def multi_head_attention(query, key_value, weights, num_heads, fused_projections=True, flash_attention=None):
-    """`MultiHeadAttention`'s computation on plain tensors.
+def attend(query, key_value, project, output, num_heads, flash_attention=None):
+    """Multi-head attention around given projections.
 
     Args:
         query: `(B, T, width)`.
         key_value: `(B, S, width)`, or `None` for self-attention.
-        weights: `[query kernel, query bias, key kernel, key bias, value kernel,
-            value bias, output kernel, output bias]`, in the query's dtype.
+        project: `project(x, names)` returns x's projections named by `names`
+            (a string of "q", "k", "v"), each as `(rows, width)`.
+        output: the output projection, `(rows, width)` to `(rows, width)`.
         num_heads: int.
-        fused_projections: bool. One matrix multiply per input sequence.
         flash_attention: passed to `keras.ops.dot_product_attention` (`None`:
             its own choice).
 
     Returns:
         `(B, T, width)`.
     """
-    wq, bq, wk, bk, wv, bv, wo, bo = weights
     batch, width = ops.shape(query)[0], ops.shape(query)[-1]
-    head_dim = width // num_heads
 
-    def project(x, kernels, biases):
-        rows = as_rows(x)
-        if fused_projections and len(kernels) > 1:
-            joined = ops.matmul(rows, ops.concatenate(kernels, axis=-1)) + ops.concatenate(biases, axis=-1)
-            projected = ops.split(joined, len(kernels), axis=-1)
-        else:
-            projected = [ops.matmul(rows, k) + b for k, b in zip(kernels, biases)]
-        return [ops.reshape(t, (batch, -1, num_heads, head_dim)) for t in projected]
+    def heads(rows):
+        return ops.reshape(rows, (batch, -1, num_heads, width // num_heads))
 
     if key_value is None:
-        q, k, v = project(query, [wq, wk, wv], [bq, bk, bv])
+        q, k, v = project(query, "qkv")
     else:
-        (q,) = project(query, [wq], [bq])
-        k, v = project(key_value, [wk, wv], [bk, bv])
-    attended = ops.dot_product_attention(q, k, v, flash_attention=flash_attention)
-    return from_rows(ops.matmul(ops.reshape(attended, (-1, width)), wo) + bo, query)
+        (q,) = project(query, "q")
+        k, v = project(key_value, "kv")
+    attended = ops.dot_product_attention(heads(q), heads(k), heads(v), flash_attention=flash_attention)
+    return from_rows(output(ops.reshape(attended, (-1, width))), query)
+
+
+def multi_head_attention(query, key_value, weights, num_heads, fused_projections=True, flash_attention=None):
+    """`MultiHeadAttention`'s computation on plain tensors.
+
+    `weights` is `[query kernel, query bias, key kernel, key bias, value kernel,
+    value bias, output kernel, output bias]` in the query's dtype; the other
+    arguments are `attend`'s. With `fused_projections` the projections of one
+    input sequence run as one matrix multiply.
+    """
+    kernels = dict(zip("qkv", weights[0:6:2]))
+    biases = dict(zip("qkv", weights[1:6:2]))
+    output_kernel, output_bias = weights[6:]
+
+    def project(x, names):
+        rows = as_rows(x)
+        if fused_projections and len(names) > 1:
+            joined = ops.matmul(rows, ops.concatenate([kernels[n] for n in names], axis=-1))
+            joined = joined + ops.concatenate([biases[n] for n in names], axis=-1)
+            return ops.split(joined, len(names), axis=-1)
+        return [ops.matmul(rows, kernels[n]) + biases[n] for n in names]
+
+    return attend(
+        query, key_value, project, lambda rows: ops.matmul(rows, output_kernel) + output_bias, num_heads,
+        flash_attention,
+    )
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
@@ -79,8 +97,9 @@ class MultiHeadAttention(keras.layers.Layer):
     a function of plain tensors. With `fused_projections` the kernels are
     joined at call time so the projections of one sequence run as one matrix
     multiply (query+key+value in self-attention, key+value in cross-attention).
-    The result is the same. When a projection is LoRA-enabled or quantized,
-    every projection is called as its `Dense` layer instead.
+    The result is the same. A LoRA-enabled projection's `kernel` already holds
+    its update; when a projection is quantized, every projection is called as
+    its `Dense` layer instead.
 
     Args:
         num_heads: int. Number of attention heads; must divide the width.
@@ -107,7 +126,6 @@ class MultiHeadAttention(keras.layers.Layer):
             raise ValueError(
                 f"Attention width {width} is not divisible by num_heads={self.num_heads}."
             )
-        self.head_dim = width // self.num_heads
 
         def projection(name):
             return keras.layers.Dense(
@@ -129,9 +147,9 @@ class MultiHeadAttention(keras.layers.Layer):
 
     @property
     def plain(self):
-        """No LoRA or quantized projection: the kernels can be used as they are."""
+        """No quantized projection: the kernels (LoRA included) can be multiplied as they are."""
         projections = (self.query, self.key, self.value, self.output_projection)
-        return not any(p.lora_enabled or p.dtype_policy.quantization_mode for p in projections)
+        return not any(p.dtype_policy.quantization_mode for p in projections)
 
     def weights_in(self, dtype):
         """The projections' kernels and biases for `multi_head_attention`, cast to `dtype`."""
@@ -143,18 +161,12 @@ class MultiHeadAttention(keras.layers.Layer):
             return multi_head_attention(
                 query, key_value, self.weights_in(query.dtype), self.num_heads, self.fused_projections
             )
-        # A LoRA-enabled or quantized projection computes its own product.
-        def project(x, projections):
-            rows = as_rows(x)
-            return [ops.reshape(p(rows), (ops.shape(x)[0], -1, self.num_heads, self.head_dim)) for p in projections]
-
-        if key_value is None:
-            q, k, v = project(query, [self.query, self.key, self.value])
-        else:
-            (q,) = project(query, [self.query])
-            k, v = project(key_value, [self.key, self.value])
-        attended = ops.dot_product_attention(q, k, v)
-        return from_rows(self.output_projection(ops.reshape(attended, (-1, self.num_heads * self.head_dim))), query)
+        # A quantized projection computes its own product.
+        layers = {"q": self.query, "k": self.key, "v": self.value}
+        return attend(
+            query, key_value, lambda x, names: [layers[n](as_rows(x)) for n in names], self.output_projection,
+            self.num_heads,
+        )
 
     def compute_output_shape(self, query_shape, key_value_shape=None):
         return query_shape

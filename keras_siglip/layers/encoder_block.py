@@ -100,18 +100,20 @@ class EncoderBlock(keras.layers.Layer):
 
     def call(self, x):
         if self.compiled_forward is not None and self.attention.plain and self.mlp.plain:
-            norms = [self.attention_norm.gamma, self.attention_norm.beta, self.mlp_norm.gamma, self.mlp_norm.beta]
-            weights = [ops.convert_to_tensor(w) for w in norms]
-            weights += self.attention.weights_in(x.dtype) + self.mlp.weights_in(x.dtype)
             # flash_attention=False: torch's scaled_dot_product_attention still picks its
             # fastest kernel itself, and Keras's own check for flash attention breaks the graph.
             return self.compiled_forward(
-                x, weights, self.num_heads, self.layer_norm_epsilon, self.output_position,
+                x, self.weights_in(x.dtype), self.num_heads, self.layer_norm_epsilon, self.output_position,
                 self.attention.fused_projections, False,
             )
         return residual_block(
             x, self.attention_norm, self.attention, self.mlp_norm, self.mlp, self.output_position
         )
+
+    def weights_in(self, dtype):
+        """This block's weights as `encoder_block` takes them (norms float32, the rest cast to `dtype`)."""
+        norms = [self.attention_norm.gamma, self.attention_norm.beta, self.mlp_norm.gamma, self.mlp_norm.beta]
+        return [ops.convert_to_tensor(w) for w in norms] + self.attention.weights_in(dtype) + self.mlp.weights_in(dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape if self.output_position is None else (input_shape[0], 1, input_shape[-1])

@@ -57,8 +57,8 @@ class MlpBlock(keras.layers.Layer):
 
     @property
     def plain(self):
-        """No LoRA or quantized layer: the kernels can be used as they are."""
-        return not any(d.lora_enabled or d.dtype_policy.quantization_mode for d in (self.hidden, self.output_projection))
+        """No quantized layer: the kernels (LoRA included) can be multiplied as they are."""
+        return not any(d.dtype_policy.quantization_mode for d in (self.hidden, self.output_projection))
 
     def weights_in(self, dtype):
         """The kernels and biases for `mlp_block`, cast to `dtype`."""
@@ -67,7 +67,7 @@ class MlpBlock(keras.layers.Layer):
     def call(self, x):
         if self.plain:
             return mlp_block(x, self.weights_in(x.dtype))
-        # A LoRA-enabled or quantized Dense computes its own product.
+        # A quantized Dense computes its own product.
         hidden = keras.activations.gelu(self.hidden(as_rows(x)), approximate=True)
         return from_rows(self.output_projection(hidden), x)
 
