@@ -33,8 +33,8 @@ from absl import app, flags
 from keras_siglip import SigLIP, SigmoidLoss, SoftmaxLoss, evaluation
 from keras_siglip.data import digits, shapes
 from keras_siglip.data.embedded import EMBEDDED_VOCABULARY, PairBatches
-from keras_siglip.encoders import ImageEncoder, TextEncoder, variant_config
-from keras_siglip.preprocessing import SigLIPTokenizer
+from keras_siglip.models.siglip.towers import ImageEncoder, TextEncoder, variant_config
+from keras_siglip.models.siglip import SigLIPTokenizer
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", "digits", ["digits", "shapes"], "Embedded dataset to train on.")

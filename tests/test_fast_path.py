@@ -6,8 +6,8 @@ import pytest
 from conftest import random_pairs, tiny_siglip
 
 from keras_siglip import ImageEncoder, TextEncoder
-from keras_siglip.layers import EncoderBlock, MlpBlock, MultiHeadAttention
-from keras_siglip.layers.encoder_block import encoder_block
+from keras_siglip.models.siglip.layers import EncoderBlock, MlpBlock, MultiHeadAttention
+from keras_siglip.models.siglip.layers.encoder_block import encoder_block
 
 
 def _copy_weights(source, target):

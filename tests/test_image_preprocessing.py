@@ -170,7 +170,7 @@ def test_config_and_preset_round_trip(tmp_path):
     preprocessor.save_to_preset(str(tmp_path))
     assert (tmp_path / "image_converter.json").exists()
     with open(tmp_path / "config.json", "w") as file:
-        json.dump({"module": "keras_siglip.model", "class_name": "SigLIP", "config": {},
+        json.dump({"module": "keras_siglip.models.siglip.siglip_model", "class_name": "SigLIP", "config": {},
                    "registered_name": "keras_siglip>SigLIP"}, file)
     loaded = SigLIPImagePreprocessor.from_preset(str(tmp_path))
     assert isinstance(loaded, SigLIPImagePreprocessor)

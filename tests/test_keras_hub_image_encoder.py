@@ -7,7 +7,7 @@ import pytest
 from conftest import TINY, random_pairs
 
 from keras_siglip import KerasHubImageEncoder, SigLIP, TextEncoder
-from keras_siglip.keras_hub_image_encoder import IMAGENET_MEAN, IMAGENET_STD
+from keras_siglip.models.siglip.keras_hub_image_encoder import IMAGENET_MEAN, IMAGENET_STD
 
 SIZE = TINY["image_size"]  # 16x16 images, 4x4 patches: 16 patch tokens
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from keras_siglip import ImageEncoder, TextEncoder
-from keras_siglip.layers import (
+from keras_siglip.models.siglip.layers import (
     EncoderBlock,
     MAPPooling,
     MlpBlock,
@@ -180,7 +180,7 @@ def test_towers_work_alone_and_round_trip_their_config():
 
 
 def test_named_variants_have_the_reference_sizes():
-    from keras_siglip.encoders import variant_config
+    from keras_siglip.models.siglip.towers import variant_config
 
     assert variant_config("B") == dict(width=768, depth=12, mlp_dim=3072, num_heads=12)
     assert variant_config("L") == dict(width=1024, depth=24, mlp_dim=4096, num_heads=16)

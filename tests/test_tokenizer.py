@@ -159,7 +159,7 @@ def test_config_and_preset_round_trip(spm_file, tmp_path):
     assert os.path.exists(tmp_path / "assets" / "tokenizer" / "vocabulary.spm")
     # A full preset also holds the model's config.json; keras-hub only reads its class here.
     with open(tmp_path / "config.json", "w") as file:
-        json.dump({"module": "keras_siglip.model", "class_name": "SigLIP", "config": {},
+        json.dump({"module": "keras_siglip.models.siglip.siglip_model", "class_name": "SigLIP", "config": {},
                    "registered_name": "keras_siglip>SigLIP"}, file)
     restored = SigLIPTokenizer.from_preset(str(tmp_path))
     assert isinstance(restored, SigLIPTokenizer)

@@ -16,7 +16,7 @@ import numpy as np
 from absl import app, flags
 
 from keras_siglip import SigLIP
-from keras_siglip.encoders import VARIANTS
+from keras_siglip.models.siglip.towers import VARIANTS
 
 flags.DEFINE_string("variant", "tiny", "Tower size: tiny, B, L, So400m.")
 flags.DEFINE_integer("image_size", 16, "Image resolution.")

@@ -111,7 +111,7 @@ def optimizer():
 
 def build_keras_siglip(c):
     from keras_siglip import ImageEncoder, SigLIP, TextEncoder
-    from keras_siglip.layers import MultiHeadAttention
+    from keras_siglip.models.siglip.layers import MultiHeadAttention
 
     tower = {k: c[k] for k in ("width", "depth", "num_heads", "mlp_dim")}
     image_encoder = ImageEncoder(c["image_size"], c["patch_size"], remat=c["remat"], **tower)

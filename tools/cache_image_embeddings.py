@@ -23,7 +23,7 @@ def main(argv):
 
     from keras_siglip.data import read_manifest, write_embedding_cache
     from keras_siglip.presets import load_preset
-    from keras_siglip.preprocessing import SigLIPImagePreprocessor
+    from keras_siglip.models.siglip import SigLIPImagePreprocessor
 
     if FLAGS.preset.endswith(".keras"):
         raise app.UsageError(

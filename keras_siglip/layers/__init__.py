@@ -1,16 +1,4 @@
-"""The building blocks of both towers: plain Keras layers."""
+"""Kept for existing imports: the layers live in `keras_siglip.models.siglip.layers`."""
 
-from keras_siglip.layers.attention import MultiHeadAttention
-from keras_siglip.layers.encoder_block import EncoderBlock
-from keras_siglip.layers.map_pooling import MAPPooling
-from keras_siglip.layers.mlp import MlpBlock
-from keras_siglip.layers.patch_embedding import PatchEmbedding, sincos_2d_position_embedding
-
-__all__ = [
-    "EncoderBlock",
-    "MAPPooling",
-    "MlpBlock",
-    "MultiHeadAttention",
-    "PatchEmbedding",
-    "sincos_2d_position_embedding",
-]
+from keras_siglip.models.siglip.layers import *  # noqa: F401,F403
+from keras_siglip.models.siglip.layers import __all__  # noqa: F401

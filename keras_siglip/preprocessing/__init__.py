@@ -1,6 +1,6 @@
-"""Text and image pre-processing: what turns a caption and an image file into model inputs."""
+"""Kept for existing imports: the tokenizer and image preprocessor live in `keras_siglip.models.siglip`."""
 
-from keras_siglip.preprocessing.image import SigLIPImagePreprocessor
-from keras_siglip.preprocessing.tokenizer import SigLIPTokenizer
+from keras_siglip.models.siglip.image_preprocessor import SigLIPImagePreprocessor
+from keras_siglip.models.siglip.tokenizer import SigLIPTokenizer
 
 __all__ = ["SigLIPImagePreprocessor", "SigLIPTokenizer"]

@@ -101,7 +101,7 @@ def load_preset(handle, load_weights=True, dtype=None):
 
 
 def _preprocessing(handle, model):
-    from keras_siglip.preprocessing import SigLIPImagePreprocessor, SigLIPTokenizer
+    from keras_siglip.models.siglip import SigLIPImagePreprocessor, SigLIPTokenizer
 
     image_converter = SigLIPImagePreprocessor(image_size=model.image_encoder.image_size)
     if handle.endswith(".npz"):

@@ -5,7 +5,7 @@ kwargs}`; `build_model(config)` turns it into a `SigLIP`. `sources` lists the
 upstream handles holding the weights, tried in order by `from_preset`.
 """
 
-from keras_siglip.encoders import VARIANTS, ImageEncoder, TextEncoder
+from keras_siglip.models.siglip.towers import VARIANTS, ImageEncoder, TextEncoder
 
 ENGLISH_VOCABULARY = 32_000  # T5 C4 SentencePiece
 MULTILINGUAL_VOCABULARY = 250_000  # mT5 SentencePiece
@@ -157,7 +157,7 @@ def count_parameters(config):
 
 def build_model(config, dtype=None, lock_image_tower=False):
     """A randomly initialised `SigLIP` from a `{"image": ..., "text": ...}` config."""
-    from keras_siglip.model import SigLIP
+    from keras_siglip.models.siglip.siglip_model import SigLIP
 
     image_encoder = ImageEncoder(**config["image"], dtype=dtype)
     text_encoder = TextEncoder(**config["text"], dtype=dtype)

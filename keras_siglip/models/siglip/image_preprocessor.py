@@ -4,7 +4,7 @@ import keras
 from keras_hub.layers import ImageConverter
 from keras_hub.src.utils.tensor_utils import preprocessing_function
 
-from keras_siglip.model import SigLIP
+from keras_siglip.models.siglip.siglip_model import SigLIP
 
 try:
     import tensorflow as tf

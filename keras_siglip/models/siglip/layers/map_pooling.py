@@ -3,8 +3,8 @@
 import keras
 from keras import ops
 
-from keras_siglip.layers.attention import MultiHeadAttention, glorot_uniform_for
-from keras_siglip.layers.mlp import MlpBlock
+from keras_siglip.models.siglip.layers.attention import MultiHeadAttention, glorot_uniform_for
+from keras_siglip.models.siglip.layers.mlp import MlpBlock
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")

@@ -3,8 +3,8 @@
 import keras
 from keras import ops
 
-from keras_siglip.layers.attention import MultiHeadAttention, multi_head_attention
-from keras_siglip.layers.mlp import MlpBlock, mlp_block
+from keras_siglip.models.siglip.layers.attention import MultiHeadAttention, multi_head_attention
+from keras_siglip.models.siglip.layers.mlp import MlpBlock, mlp_block
 
 
 def residual_block(x, attention_norm, attention, mlp_norm, mlp, output_position=None):

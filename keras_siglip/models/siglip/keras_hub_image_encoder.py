@@ -9,8 +9,8 @@ import keras
 import keras_hub
 from keras import ops
 
-from keras_siglip.encoders import validate_images
-from keras_siglip.layers import MAPPooling
+from keras_siglip.models.siglip.towers import validate_images
+from keras_siglip.models.siglip.layers import MAPPooling
 
 POOLINGS = ("first", "gap", "map")
 
@@ -87,7 +87,7 @@ class KerasHubImageEncoder(keras.layers.Layer):
 
     Pooling: `"first"` takes the class token (the backbone needs one); `"gap"`
     averages the patch tokens (class and register tokens excluded); `"map"`
-    adds a new, trainable `keras_siglip.layers.MAPPooling` head over the patch
+    adds a new, trainable `keras_siglip.models.siglip.layers.MAPPooling` head over the patch
     tokens.
 
     Freezing: `SigLIP(..., lock_image_tower=True)` freezes this whole layer,

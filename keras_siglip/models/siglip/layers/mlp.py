@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_siglip.layers.attention import as_rows, from_rows, glorot_uniform_for
+from keras_siglip.models.siglip.layers.attention import as_rows, from_rows, glorot_uniform_for
 
 
 def mlp_block(x, weights):

@@ -1,0 +1,1 @@
+"""Model families: each folder holds one model with its towers, layers, tokenizer and image preprocessor."""

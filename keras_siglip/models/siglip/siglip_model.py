@@ -1,0 +1,463 @@
+"""`SigLIP`: an image tower, a text tower, a learnable temperature and bias."""
+
+import math
+import re
+
+import keras
+from keras import ops
+
+from keras_siglip import backend
+from keras_siglip.models.siglip.towers import ImageEncoder, TextEncoder
+from keras_siglip.models.siglip.layers.encoder_block import EncoderBlock, encoder_block
+from keras_siglip.losses import SigmoidLoss
+from keras_siglip.optimizers import MultipliedLearningRateAdamW
+
+
+def l2_normalize(x):
+    """big_vision's normalisation: `x / (||x|| + 1e-8)`, in float32."""
+    x = ops.cast(x, "float32")
+    return x / (ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True)) + 1e-8)
+
+
+def is_weight_decayed(variable):
+    """big_vision decays kernels only: no biases, norms, embeddings, probe, t' or b."""
+    return variable.name == "kernel"
+
+
+@keras.saving.register_keras_serializable(package="keras_siglip")
+class SigLIP(keras.Model):
+    """A two-tower language-image model trained with the pairwise sigmoid loss.
+
+    The call takes `{"images": (B, H, W, 3) floats in [-1, 1], "token_ids": (B, L)
+    ints}` and returns `{"image_embeddings", "text_embeddings"}`, both
+    L2-normalised float32 `(B, dim)`. Pair i is image i with caption i.
+    `fit` needs no labels: `compute_loss` compares every image with every
+    caption of the batch, using the forward pass `fit` already ran.
+
+    With `lock_image_tower=True` this is LiT / SigLiT: the (pretrained) image
+    tower is frozen and runs in inference mode, and only the text tower, t' and b
+    train. Its inputs may then carry precomputed `"image_embeddings"` (B, dim)
+    instead of `"images"`, so the image tower does not run at all (see
+    `tools/cache_image_embeddings.py`).
+
+    Args:
+        image_encoder: an `ImageEncoder` (or any layer mapping images to
+            `(B, dim)`).
+        text_encoder: a `TextEncoder` with the same output width.
+        log_temperature_init: float. Initial t' (t = exp(t')); log(10) as in the
+            paper.
+        bias_init: float. Initial logit bias; -10 as in the paper.
+        lock_image_tower: bool. Freeze the image tower (LiT).
+        **kwargs: standard `keras.Model` arguments (`name`, `dtype`).
+
+    Example:
+    >>> import numpy as np
+    >>> model = SigLIP.from_variant("tiny", image_size=32, patch_size=8,
+    ...                             vocabulary_size=100, sequence_length=8)
+    >>> model.compile()
+    >>> data = {"images": np.random.uniform(-1, 1, (16, 32, 32, 3)).astype("float32"),
+    ...         "token_ids": np.random.randint(0, 100, (16, 8))}
+    >>> history = model.fit(data, batch_size=8, epochs=1, verbose=0)
+    >>> model.predict(data, verbose=0)["image_embeddings"].shape
+    (16, 32)
+    """
+
+    def __init__(
+        self,
+        image_encoder,
+        text_encoder,
+        log_temperature_init=math.log(10.0),
+        bias_init=-10.0,
+        lock_image_tower=False,
+        **kwargs,
+    ):
+        kwargs.setdefault("name", "siglip")
+        super().__init__(**kwargs)
+        image_dim = getattr(image_encoder, "embedding_dim", None)
+        text_dim = getattr(text_encoder, "embedding_dim", None)
+        if None not in (image_dim, text_dim) and image_dim != text_dim:
+            raise ValueError(
+                f"The towers must embed into the same width; the image encoder gives {image_dim} "
+                f"and the text encoder {text_dim}. Set the text encoder's output_dim."
+            )
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.log_temperature_init = float(log_temperature_init)
+        self.bias_init = float(bias_init)
+        self.lock_image_tower = bool(lock_image_tower)
+        if self.lock_image_tower:
+            self.image_encoder.trainable = False
+        self.log_temperature = self.add_weight(
+            shape=(),
+            initializer=keras.initializers.Constant(self.log_temperature_init),
+            name="log_temperature",
+        )
+        self.bias = self.add_weight(
+            shape=(), initializer=keras.initializers.Constant(self.bias_init), name="bias"
+        )
+        self.built = True
+
+    @classmethod
+    def from_variant(
+        cls,
+        variant,
+        *,
+        image_size=224,
+        patch_size=16,
+        vocabulary_size=32_000,
+        sequence_length=64,
+        dtype=None,
+        remat=False,
+        **kwargs,
+    ):
+        """A SigLIP model with both towers of a named size (`"B"`, `"L"`, `"So400m"`, `"tiny"`).
+
+        `remat=True` rematerialises the encoder blocks of both towers (see
+        `ImageEncoder`), trading about a third more compute for larger batches.
+
+        Example:
+        >>> model = SigLIP.from_variant("B", image_size=224, patch_size=16)  # doctest: +SKIP
+        """
+        image_encoder = ImageEncoder.from_variant(
+            variant, image_size=image_size, patch_size=patch_size, dtype=dtype, remat=remat
+        )
+        text_encoder = TextEncoder.from_variant(
+            variant, vocabulary_size=vocabulary_size, sequence_length=sequence_length, dtype=dtype, remat=remat
+        )
+        return cls(image_encoder, text_encoder, dtype=dtype, **kwargs)
+
+    @staticmethod
+    def get_layout_map(device_mesh, model_dim="model", batch_dim="batch"):
+        """A `keras.distribution.LayoutMap` splitting both towers' large weights over a mesh.
+
+        See `keras_siglip.distribution.get_layout_map`. Build the model inside the
+        distribution's scope: SigLIP creates its weights at construction.
+
+        Example (JAX, 8 devices):
+        ```python
+        mesh = keras.distribution.DeviceMesh((2, 4), ("batch", "model"),
+                                             keras.distribution.list_devices())
+        strategy = keras.distribution.ModelParallel(
+            layout_map=SigLIP.get_layout_map(mesh), batch_dim_name="batch")
+        with strategy.scope():
+            model = SigLIP.from_variant("B")
+        ```
+        """
+        from keras_siglip import distribution
+
+        return distribution.get_layout_map(device_mesh, model_dim=model_dim, batch_dim=batch_dim)
+
+    # -- forward ---------------------------------------------------------
+
+    def encode_images(self, images, training=None):
+        """L2-normalised float32 image embeddings `(B, dim)`."""
+        if self.lock_image_tower:
+            training = False  # a locked tower always runs in inference mode
+        return l2_normalize(self.image_encoder(images, training=training))
+
+    def encode_texts(self, token_ids, training=None):
+        """L2-normalised float32 text embeddings `(B, dim)`."""
+        return l2_normalize(self.text_encoder(token_ids, training=training))
+
+    def call(self, inputs, training=None):
+        images, token_ids = self.validate_inputs(inputs)
+        if "image_embeddings" in inputs:  # precomputed by the locked tower
+            image_embeddings = l2_normalize(images)
+        else:
+            image_embeddings = self.encode_images(images, training=training)
+        return {
+            "image_embeddings": image_embeddings,
+            "text_embeddings": self.encode_texts(token_ids, training=training),
+        }
+
+    def validate_inputs(self, inputs):
+        """Checks an input dict; returns `(images, token_ids)` or raises `ValueError`.
+
+        With a locked image tower, `"image_embeddings"` may replace `"images"`;
+        it then comes back in the `images` slot.
+        """
+        image_keys = ("images", "image_embeddings") if self.lock_image_tower else ("images",)
+        keys = set(inputs) if isinstance(inputs, dict) else None
+        if keys is None or "token_ids" not in keys or len(keys) != 2 or not keys & set(image_keys):
+            got = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
+            expected = " or ".join(repr(k) for k in image_keys)
+            raise ValueError(f"SigLIP expects a dict with keys {expected} and 'token_ids'; got {got}.")
+        if "image_embeddings" in keys:
+            images = self._validate_image_embeddings(inputs["image_embeddings"])
+        else:
+            images = self.image_encoder.validate_inputs(inputs["images"])
+        token_ids = self.text_encoder.validate_inputs(inputs["token_ids"])
+        image_batch, text_batch = images.shape[0], token_ids.shape[0]
+        if None not in (image_batch, text_batch):
+            if image_batch != text_batch:
+                raise ValueError(
+                    "SigLIP needs one caption per image: got a batch of "
+                    f"{image_batch} images and {text_batch} token sequences."
+                )
+        else:
+            images, token_ids = backend.check(
+                ops.equal(ops.shape(images)[0], ops.shape(token_ids)[0]),
+                "SigLIP needs one caption per image: the batch sizes of images and "
+                "token_ids differ.",
+                images,
+                token_ids,
+            )
+        return images, token_ids
+
+    def _validate_image_embeddings(self, embeddings):
+        width = getattr(self.image_encoder, "embedding_dim", None)
+        shape = tuple(embeddings.shape)
+        if len(shape) != 2 or (width is not None and shape[1] != width):
+            raise ValueError(
+                f"image_embeddings must have shape (batch, {width}), the image tower's output; "
+                f"got {shape}."
+            )
+        return embeddings
+
+    def similarity(self, image_embeddings, text_embeddings):
+        """The logits `exp(t') * image @ text.T + b`, shape (images, texts)."""
+        scale = ops.exp(ops.cast(self.log_temperature, "float32"))
+        return scale * ops.matmul(image_embeddings, ops.transpose(text_embeddings)) + ops.cast(
+            self.bias, "float32"
+        )
+
+    # -- training ----------------------------------------------------------
+
+    def compile(
+        self,
+        optimizer="auto",
+        loss="auto",
+        learning_rate=1e-3,
+        weight_decay=1e-4,
+        beta_2=0.95,
+        global_clipnorm=1.0,
+        image_tower_learning_rate_multiplier=None,
+        **kwargs,
+    ):
+        """Configures training with the paper's defaults.
+
+        `optimizer="auto"` is AdamW (learning rate 1e-3, weight decay 1e-4,
+        beta_2 0.95, gradients clipped to global norm 1.0, as in big_vision's
+        configs); `learning_rate` may be a `keras.optimizers.schedules` schedule
+        (for example `CosineDecay` with `warmup_steps`). With any optimizer that
+        has weight decay, only kernels are decayed: never biases, norms,
+        embeddings, the MAP probe, the temperature or the bias. `loss="auto"` is
+        `SigmoidLoss()`; pass `SoftmaxLoss()` for the CLIP baseline.
+
+        `image_tower_learning_rate_multiplier` (for example 0.1) is the paper's
+        unlocked LiT variant: a pretrained image tower that trains at that
+        fraction of the learning rate and without weight decay (needs
+        `optimizer="auto"`).
+        """
+        image_paths = [v.path for v in self.image_encoder.trainable_variables]
+        if image_tower_learning_rate_multiplier is not None:
+            if optimizer != "auto":
+                raise ValueError("image_tower_learning_rate_multiplier needs optimizer='auto'.")
+            if not image_paths:
+                raise ValueError(
+                    "image_tower_learning_rate_multiplier is set but the image tower has no "
+                    "trainable weights (is it locked?)."
+                )
+            optimizer = MultipliedLearningRateAdamW(
+                learning_rate_multipliers={
+                    "^(" + "|".join(re.escape(p) for p in image_paths) + ")$": image_tower_learning_rate_multiplier
+                },
+                learning_rate=learning_rate,
+                weight_decay=weight_decay,
+                beta_2=beta_2,
+                global_clipnorm=global_clipnorm,
+            )
+        elif optimizer == "auto":
+            optimizer = keras.optimizers.AdamW(
+                learning_rate=learning_rate,
+                weight_decay=weight_decay,
+                beta_2=beta_2,
+                global_clipnorm=global_clipnorm,
+            )
+        if loss == "auto":
+            loss = SigmoidLoss()
+        if not callable(loss):
+            raise ValueError(
+                "SigLIP's loss must be a callable taking (y_true, y_pred_dict), such as "
+                f"keras_siglip.SigmoidLoss() or SoftmaxLoss(); got {loss!r}."
+            )
+        optimizer = keras.optimizers.get(optimizer)
+        if getattr(optimizer, "weight_decay", None) and hasattr(optimizer, "exclude_from_weight_decay"):
+            multiplied = getattr(optimizer, "learning_rate_multiplier", lambda v: 1.0)
+            optimizer.exclude_from_weight_decay(
+                var_list=[
+                    v
+                    for v in self.trainable_variables
+                    if not is_weight_decayed(v) or multiplied(v) != 1.0
+                ]
+            )
+        # Keras's own loss container cannot route our dict; keeping it empty also
+        # spares train_on_batch a symbolic rebuild per call.
+        super().compile(optimizer=optimizer, loss=None, **kwargs)
+        self.loss = loss
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config:  # {} when never compiled: nothing to re-compile on load
+            config["loss"] = keras.saving.serialize_keras_object(self.loss)
+        return config
+
+    def compile_from_config(self, config):
+        """Re-compiles a loaded model with its saved optimizer and loss."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The contrastive loss of the forward pass `fit` already ran (`y_pred`)."""
+        if y_pred is None:
+            y_pred = self(x, training=training)
+        loss_fn = self.loss if callable(self.loss) else SigmoidLoss()
+        loss = loss_fn(
+            y,
+            {
+                "image_embeddings": y_pred["image_embeddings"],
+                "text_embeddings": y_pred["text_embeddings"],
+                "log_temperature": self.log_temperature,
+                "bias": self.bias,
+            },
+        )
+        if self.losses:
+            loss = loss + ops.sum(self.losses)
+        return loss
+
+    def _check_paired_arrays(self, x):
+        """Catches mismatched array lengths before Keras's data adapter does (cryptically)."""
+        if isinstance(x, dict) and all(hasattr(v, "shape") for v in x.values()):
+            lengths = {key: value.shape[0] for key, value in x.items() if len(value.shape)}
+            if len(set(lengths.values())) > 1:
+                raise ValueError(
+                    f"SigLIP needs one caption per image; got arrays of different lengths {lengths}."
+                )
+
+    def fit(self, x=None, *args, **kwargs):
+        self._check_paired_arrays(x)
+        return super().fit(x, *args, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        self._check_paired_arrays(x)
+        return super().evaluate(x, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        self._check_paired_arrays(x)
+        return super().predict(x, *args, **kwargs)
+
+    def _check_batch(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        self.validate_inputs(x)
+
+    def _state_variables(self, kind):
+        """The variable lists that a JAX step function's `state` holds, in order."""
+        lists = [self.trainable_variables, self.non_trainable_variables]
+        if kind == "train":
+            lists.append(self.optimizer.variables)
+        if kind in ("train", "test"):
+            lists.append(self.metrics_variables)
+        return lists
+
+    def _guarded(self, step_function, kind):
+        return backend.guard_step_function(
+            step_function,
+            self._check_batch,
+            lambda: self._state_variables(kind),
+            compiled=self.jit_compile is True,
+            steps_per_execution=lambda: self.steps_per_execution,
+        )
+
+    def _should_torch_compile(self):
+        # Keras would torch.compile the whole step, which its layer machinery makes
+        # recompile again and again; `jit_compile=True` compiles the encoder blocks
+        # instead (`_compile_encoder_blocks`), and the rest of the step runs eagerly.
+        return False
+
+    def _compile_encoder_blocks(self):
+        """On PyTorch with `jit_compile=True`, each encoder block runs as one compiled function."""
+        compiled = None
+        if backend.BACKEND == "torch" and self.jit_compile is True:
+            compiled = backend.torch_compiled(encoder_block)
+        for layer in self._flatten_layers(include_self=False):
+            if isinstance(layer, EncoderBlock):
+                layer.compiled_forward = compiled
+
+    def make_train_function(self, force=False):
+        self._compile_encoder_blocks()
+        super().make_train_function(force)
+        self.train_function = self._guarded(self.train_function, "train")
+        return self.train_function
+
+    def make_test_function(self, force=False):
+        self._compile_encoder_blocks()
+        super().make_test_function(force)
+        self.test_function = self._guarded(self.test_function, "test")
+        return self.test_function
+
+    def make_predict_function(self, force=False):
+        self._compile_encoder_blocks()
+        super().make_predict_function(force)
+        self.predict_function = self._guarded(self.predict_function, "predict")
+        return self.predict_function
+
+    # -- serialisation ------------------------------------------------------
+
+    @classmethod
+    def from_preset(cls, handle, load_weights=True, dtype=None):
+        """A SigLIP from a built-in preset name, a preset folder or a checkpoint handle.
+
+        Accepts a name from `keras_siglip.list_presets()`, a folder written by
+        `save_to_preset`, a transformers SigLIP folder or `hf://` handle, a
+        keras-hub SigLIP preset (folder, `kaggle://` handle or keras-hub name) and
+        a big_vision `.npz`; see `keras_siglip.presets`. `load_weights=False`
+        builds the architecture only.
+
+        Example:
+        >>> model = SigLIP.from_preset("siglip_tiny_patch4_16")
+        >>> model.count_params()
+        48258
+        """
+        from keras_siglip import presets
+
+        return presets.from_preset(handle, load_weights=load_weights, dtype=dtype)
+
+    def save_to_preset(self, preset_dir, tokenizer=None, image_converter=None):
+        """Writes config.json, metadata.json and model.weights.h5 (keras-hub's layout) to `preset_dir`.
+
+        A `tokenizer` and `image_converter` given here are saved alongside, with
+        their assets, and come back from `keras_siglip.presets.load_preset`.
+
+        Example:
+        >>> import tempfile
+        >>> model = SigLIP.from_preset("siglip_tiny_patch4_16")
+        >>> folder = tempfile.mkdtemp()
+        >>> model.save_to_preset(folder)
+        >>> SigLIP.from_preset(folder).count_params()
+        48258
+        """
+        from keras_siglip import presets
+
+        presets.save_preset(preset_dir, self, tokenizer=tokenizer, image_converter=image_converter)
+
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "image_encoder": keras.saving.serialize_keras_object(self.image_encoder),
+                "text_encoder": keras.saving.serialize_keras_object(self.text_encoder),
+                "log_temperature_init": self.log_temperature_init,
+                "bias_init": self.bias_init,
+                "lock_image_tower": self.lock_image_tower,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["image_encoder"] = keras.saving.deserialize_keras_object(config["image_encoder"])
+        config["text_encoder"] = keras.saving.deserialize_keras_object(config["text_encoder"])
+        return cls(**config)
