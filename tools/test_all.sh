@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: once per backend, then the multi-device tests on
+# Runs the whole test suite (docstring examples included, tests/test_docstrings.py):
+# once per backend, then the multi-device tests on
 # 8 simulated JAX CPU devices in their own process (XLA_FLAGS must be set before
 # JAX is imported). Extra arguments go to every pytest run.
 set -uo pipefail
