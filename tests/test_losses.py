@@ -214,13 +214,13 @@ def test_sigmoid_loss_class_matches_function_and_round_trips():
     image, text = random_embeddings(10, 8)
     y_pred = {"image_embeddings": image, "text_embeddings": text, "log_temperature": 1.0, "bias": -2.0}
     expected = _numpy(sigmoid_loss(image, text, 1.0, -2.0))
-    for chunk_size in (None, 3):
-        loss = SigmoidLoss(chunk_size=chunk_size)
+    for method, chunk_size in (("auto", None), ("auto", 3), ("dense", None), ("chunked", 3)):
+        loss = SigmoidLoss(method=method, chunk_size=chunk_size)
         assert abs(_numpy(loss(None, y_pred)) - expected) < 1e-5
         restored = SigmoidLoss.from_config(loss.get_config())
-        assert restored.chunk_size == chunk_size and restored.name == "sigmoid_loss"
+        assert (restored.method, restored.chunk_size, restored.name) == (method, chunk_size, "sigmoid_loss")
         restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
-        assert isinstance(restored, SigmoidLoss) and restored.chunk_size == chunk_size
+        assert isinstance(restored, SigmoidLoss) and (restored.method, restored.chunk_size) == (method, chunk_size)
     with pytest.raises(ValueError, match="sample weights"):
         SigmoidLoss()(None, y_pred, sample_weight=np.ones(10))
     with pytest.raises(ValueError, match="dict"):

@@ -16,8 +16,10 @@ from test_losses import (
 )
 
 from keras_siglip import SigmoidLoss, sigmoid_loss
-from keras_siglip.losses import chunked
-from keras_siglip.losses.sigmoid import dense_sigmoid_loss, plan_sigmoid_loss
+from keras_siglip.losses.chunked import chunked_sigmoid_loss
+from keras_siglip.losses.dense import dense_sigmoid_loss
+from keras_siglip.losses.plan import LossPlan, plan_blocks
+from keras_siglip.losses.sigmoid import plan_sigmoid_loss
 
 T, B = np.float32(np.log(10.0)), np.float32(-5.0)
 
@@ -34,7 +36,7 @@ def _dense(image, text, t, b):
 def test_chunked_equals_dense_and_reference(batch, chunk_size):
     image, text = random_embeddings(batch, 24, seed=batch + chunk_size)
     args = (image, text, T, B)
-    assert plan_sigmoid_loss(image, chunk_size).method == "chunked"
+    assert plan_sigmoid_loss(image, chunk_size=chunk_size).method == "chunked"
     value, grads = value_and_grads(lambda *a: sigmoid_loss(*a, chunk_size=chunk_size), *args)
     dense_value, dense_grads = value_and_grads(_dense, *args)
     assert_matches(value, grads, dense_value, dense_grads)
@@ -57,8 +59,8 @@ def test_chunked_compiled_equals_reference(batch, chunk_size):
 def test_row_blocks_and_two_pass_equal_reference(batch, col_chunk, row_chunk, two_pass):
     """The variants the automatic plan picks for huge batches (rows split too, or a second sweep)."""
     image, text = random_embeddings(batch, 16, seed=batch)
-    fn = lambda *a: chunked.chunked_sigmoid_loss(*a, col_chunk=col_chunk, row_chunk=row_chunk, two_pass=two_pass)  # noqa: E731
-    value, grads = value_and_grads(fn, image, text, T, B)
+    plan = LossPlan("chunked", col_chunk=col_chunk, row_chunk=row_chunk, two_pass=two_pass)
+    value, grads = value_and_grads(lambda *a: chunked_sigmoid_loss(*a, plan), image, text, T, B)
     assert_matches(value, grads, *reference_sigmoid(image, text, T, B))
 
 
@@ -88,8 +90,8 @@ def test_bfloat16_embeddings_give_finite_loss_and_gradients(log_temperature, var
     fn = {
         "dense": lambda *a: sigmoid_loss(*a),
         "chunked": lambda *a: sigmoid_loss(*a, chunk_size=5),
-        "rows": lambda *a: chunked.chunked_sigmoid_loss(*a, col_chunk=5, row_chunk=7),
-        "two_pass": lambda *a: chunked.chunked_sigmoid_loss(*a, col_chunk=5, two_pass=True),
+        "rows": lambda *a: chunked_sigmoid_loss(*a, LossPlan("chunked", col_chunk=5, row_chunk=7)),
+        "two_pass": lambda *a: chunked_sigmoid_loss(*a, LossPlan("chunked", col_chunk=5, two_pass=True)),
     }[variant]
     if variant in ("rows", "two_pass"):
         fn = _float32_unless_jax(fn)
@@ -148,7 +150,7 @@ def test_bfloat16_gradients_keep_the_embedding_dtype():
 
 def test_automatic_plan():
     budget = 2**20  # as if the block budget were 4 MiB of float32
-    plan = chunked.plan_chunks
+    plan = plan_blocks
     assert plan(1024, 768, "float32", block_budget=budget).method == "dense"
     big = plan(4096, 768, "float32", block_budget=budget)
     assert big.method == "chunked" and big.col_chunk * 4096 <= budget and big.row_chunk is None
@@ -170,6 +172,92 @@ def test_default_is_dense_for_small_and_chunked_for_large_batches():
     plan = plan_sigmoid_loss(np.zeros((16384, 8), "float32"))
     assert plan.method == "chunked" and plan.col_chunk < 16384
 
+
+
+# -- the explicit method ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "method,chunk_size",
+    [("dense", None), ("chunked", None), ("chunked", 8), ("chunked", 37), ("auto", None), ("auto", 5)],
+)
+@pytest.mark.parametrize("compiled", [False, True])
+def test_every_method_equals_dense(method, chunk_size, compiled):
+    image, text = random_embeddings(37, 16, seed=11)
+    args = (image, text, T, B)
+    value, grads = value_and_grads(lambda *a: sigmoid_loss(*a, method=method, chunk_size=chunk_size), *args,
+                                   compiled=compiled)
+    assert_matches(value, grads, *value_and_grads(_dense, *args))
+    assert_matches(value, grads, *reference_sigmoid(*args))
+
+
+def test_auto_picks_what_it_picked_before():
+    small, large = np.zeros((256, 8), "float32"), np.zeros((16384, 8), "float32")
+    assert plan_sigmoid_loss(small).method == "dense"  # no distribution, B x B small
+    assert plan_sigmoid_loss(small, chunk_size=16).method == "chunked"  # a chunk size forces blocks
+    assert plan_sigmoid_loss(large).method == "chunked"
+    for embeddings in (small, large):
+        auto = plan_sigmoid_loss(embeddings)
+        expected = plan_blocks(*embeddings.shape, "float32")
+        assert (auto.method, auto.col_chunk, auto.row_chunk) == (expected.method, expected.col_chunk,
+                                                                 expected.row_chunk)
+    # "chunked" on a small batch takes the blocks "auto" would use, were it not dense.
+    chunked = plan_sigmoid_loss(small, "chunked")
+    assert (chunked.method, chunked.col_chunk) == ("chunked", 256)
+    assert plan_sigmoid_loss(large, "dense").method == "dense"
+
+
+@pytest.mark.parametrize("method", ["fast", "", None, "Dense"])
+def test_unknown_method_is_rejected(method):
+    z = np.ones((4, 8), "float32")
+    with pytest.raises(ValueError, match="method must be one of"):
+        sigmoid_loss(z, z, 0.0, 0.0, method=method)
+    with pytest.raises(ValueError, match="method must be one of"):
+        SigmoidLoss(method=method)
+
+
+def test_dense_takes_no_chunk_size():
+    z = np.ones((4, 8), "float32")
+    with pytest.raises(ValueError, match="method='dense'.*no chunk_size"):
+        sigmoid_loss(z, z, 0.0, 0.0, method="dense", chunk_size=2)
+    with pytest.raises(ValueError, match="method='dense'.*no chunk_size"):
+        SigmoidLoss(method="dense", chunk_size=2)
+
+
+def test_ring_without_a_distribution_says_why():
+    z = np.ones((4, 8), "float32")
+    problem = "no keras.distribution is active" if BACKEND == "jax" else "only on the JAX backend"
+    with pytest.raises(ValueError, match=f"method='ring' cannot be used: {problem}"):
+        sigmoid_loss(z, z, 0.0, 0.0, method="ring")
+    loss = SigmoidLoss(method="ring")  # the distribution may come later: checked when called
+    y_pred = {"image_embeddings": z, "text_embeddings": z, "log_temperature": 0.0, "bias": 0.0}
+    with pytest.raises(ValueError, match="method='ring' cannot be used"):
+        loss(None, y_pred)
+
+
+@pytest.mark.parametrize("method,chunk_size", [("auto", None), ("dense", None), ("chunked", 3), ("ring", 4)])
+def test_config_round_trip_keeps_method_and_chunk_size(method, chunk_size):
+    loss = SigmoidLoss(method=method, chunk_size=chunk_size)
+    config = loss.get_config()
+    assert (config["method"], config["chunk_size"]) == (method, chunk_size)
+    for restored in (SigmoidLoss.from_config(config),
+                     keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))):
+        assert isinstance(restored, SigmoidLoss)
+        assert (restored.method, restored.chunk_size, restored.name) == (method, chunk_size, "sigmoid_loss")
+
+
+def test_saved_model_keeps_the_loss_method(tmp_path):
+    data = random_pairs(6, seed=2)
+    model = tiny_siglip()
+    model.compile(optimizer="sgd", loss=SigmoidLoss(method="chunked", chunk_size=4))
+    model.fit(data, batch_size=6, epochs=1, verbose=0)
+    path = str(tmp_path / "chunked.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.loss, SigmoidLoss)
+    assert (loaded.loss.method, loaded.loss.chunk_size) == ("chunked", 4)
+    y_pred = loaded(data)
+    assert abs(_numpy(loaded.compute_loss(y_pred=y_pred)) - _numpy(model.compute_loss(y_pred=model(data)))) < 1e-5
 
 @pytest.mark.skipif(BACKEND != "jax", reason="reads XLA's compiled memory analysis")
 def test_chunked_never_holds_the_full_logits():

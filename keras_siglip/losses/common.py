@@ -38,13 +38,6 @@ def prepare_embeddings(image_embeddings, text_embeddings, log_temperature, bias,
     if cast or dtype != keras.backend.standardize_dtype(text_embeddings.dtype) or dtype not in _KEPT_DTYPES:
         image_embeddings = ops.cast(image_embeddings, "float32")
         text_embeddings = ops.cast(text_embeddings, "float32")
-    if None in (image_shape[0], text_shape[0]):
-        image_embeddings, text_embeddings = backend.check(
-            ops.equal(ops.shape(image_embeddings)[0], ops.shape(text_embeddings)[0]),
-            "Image and text embeddings must have the same batch size.",
-            image_embeddings,
-            text_embeddings,
-        )
     log_temperature = _scalar(log_temperature, "log_temperature")
     bias = _scalar(bias, "bias")
     return image_embeddings, text_embeddings, log_temperature, bias
@@ -88,8 +81,9 @@ class ContrastiveLoss(keras.losses.Loss):
             y_pred["text_embeddings"],
             y_pred["log_temperature"],
             y_pred["bias"],
-            **self._loss_options(),
+            **self.loss_options(),
         )
 
-    def _loss_options(self):
+    def loss_options(self):
+        """The keyword arguments `call` passes to `loss_function`."""
         return {}

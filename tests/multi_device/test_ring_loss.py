@@ -10,8 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_siglip import SigLIP, SigmoidLoss, sigmoid_loss
-from keras_siglip.losses import ring
+from keras_siglip import SigLIP, SigmoidLoss, backend, sigmoid_loss
 from keras_siglip.losses.sigmoid import dense_sigmoid_loss, plan_sigmoid_loss
 
 pytestmark = pytest.mark.multi_device
@@ -78,12 +77,13 @@ def test_ring_equals_dense_global_batch(make_strategy, devices, batch, chunk_siz
     expected = loss_and_grads(dense_sigmoid_loss, image, text, T, BIAS)
     strategy = make_strategy()
     with strategy.scope():
-        plan = plan_sigmoid_loss(image, chunk_size)
-        assert (plan.method, plan.devices) == ("ring", devices)
-        assert plan.col_chunk == (chunk_size or batch // devices)
-        got = loss_and_grads(lambda *a: sigmoid_loss(*a, chunk_size=chunk_size), *sharded(strategy, image, text),
-                             T, BIAS)
-    assert_same(got, expected)
+        for method in ("auto", "ring"):
+            plan = plan_sigmoid_loss(image, method, chunk_size)
+            assert (plan.method, plan.devices) == ("ring", devices)
+            assert plan.col_chunk == (chunk_size or batch // devices)
+            got = loss_and_grads(lambda *a: sigmoid_loss(*a, method=method, chunk_size=chunk_size),
+                                 *sharded(strategy, image, text), T, BIAS)
+            assert_same(got, expected)
 
 
 def test_ring_uses_collective_permutes_and_shards_the_gradients():
@@ -122,14 +122,37 @@ def test_no_ring_without_a_usable_batch_axis():
     image, _ = embeddings(36)  # 36 does not split over 8 devices
     with data_parallel().scope():
         assert plan_sigmoid_loss(image).method == "dense"
-        assert plan_sigmoid_loss(image, 4).method == "chunked"
+        assert plan_sigmoid_loss(image, chunk_size=4).method == "chunked"
+        with pytest.raises(ValueError, match="batch of 36 does not split evenly over the 8 devices of axis 'batch'"):
+            sigmoid_loss(image, image, T, BIAS, method="ring")
     one_device = keras.distribution.DataParallel(devices=keras.distribution.list_devices()[:1])
     with one_device.scope():
-        assert ring.ring_axis() is None
+        assert backend.ring_batch_axis() is None
+        with pytest.raises(ValueError, match="DataParallel has no batch axis spanning more than one device"):
+            plan_sigmoid_loss(embeddings(64)[0], "ring")
     assert plan_sigmoid_loss(embeddings(64)[0]).method == "dense"  # no distribution
+    with pytest.raises(ValueError, match="no keras.distribution is active"):
+        plan_sigmoid_loss(embeddings(64)[0], "ring")
 
 
-@pytest.mark.parametrize("loss", [None, SigmoidLoss(chunk_size=2)], ids=["default", "chunk_2"])
+@pytest.mark.parametrize("method,chunk_size", [("dense", None), ("chunked", None), ("chunked", 5)])
+def test_other_methods_under_a_distribution_stay_off_the_ring(method, chunk_size):
+    import jax
+
+    image, text = embeddings(64, seed=3)
+    expected = loss_and_grads(dense_sigmoid_loss, image, text, T, BIAS)
+    strategy = data_parallel()
+    with strategy.scope():
+        assert plan_sigmoid_loss(image, method, chunk_size).method == method
+        fn = lambda *a: sigmoid_loss(*a, method=method, chunk_size=chunk_size)  # noqa: E731
+        args = (*sharded(strategy, image, text), T, BIAS)
+        assert "collective_permute" not in jax.jit(fn).lower(*args).as_text()
+        got = loss_and_grads(fn, *args)
+    assert_same(got, expected)
+
+
+@pytest.mark.parametrize("loss", [None, SigmoidLoss(chunk_size=2), SigmoidLoss(method="ring")],
+                         ids=["default", "chunk_2", "ring"])
 def test_siglip_compute_loss_uses_the_ring(loss):
     import jax
 
