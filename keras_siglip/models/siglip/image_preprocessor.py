@@ -70,8 +70,8 @@ class SigLIPImagePreprocessor(ImageConverter):
     >>> import numpy as np
     >>> preprocessor = SigLIPImagePreprocessor(image_size=16)
     >>> images = np.random.randint(0, 256, (2, 40, 30, 3), dtype="uint8")
-    >>> out = preprocessor(images)
-    >>> tuple(out.shape), float(out.min()) >= -1.0, float(out.max()) <= 1.0
+    >>> out = np.asarray(preprocessor(images))
+    >>> out.shape, bool(out.min() >= -1.0), bool(out.max() <= 1.0)
     ((2, 16, 16, 3), True, True)
     """
 
