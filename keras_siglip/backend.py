@@ -166,10 +166,11 @@ def guard_step_function(step_function, check_batch, state_variables, compiled=Fa
 
 
 # ---------------------------------------------------------------------------
-# Pieces of the blockwise sigmoid loss (keras_siglip.losses.chunked) that differ
+# Pieces of the blockwise sigmoid loss (keras_siglip.losses) that differ
 # between backends: a matmul that accumulates and returns float32 whatever its
-# inputs, padding a batch whose size is only known at run time, and writing
-# rows into a buffer in place where the backend allows it.
+# inputs, padding a batch whose size is only known at run time, writing rows
+# into a buffer in place where the backend allows it, and the collectives of
+# the ring (JAX only).
 
 
 def has_accelerator():
@@ -255,6 +256,89 @@ def add_rows(buffer, start, rows):
     current = keras.ops.slice(buffer, [start, 0], keras.ops.shape(rows))
     return keras.ops.slice_update(buffer, [start, 0], current + rows)
 
+
+class BatchAxis:
+    """A mesh axis that splits the batch: `mesh` (the backend's), its `name`, its number of `devices`."""
+
+    def __init__(self, mesh, name, devices):
+        self.mesh = mesh
+        self.name = name
+        self.devices = devices
+
+
+def ring_batch_axis():
+    """The active `keras.distribution`'s batch axis when the ring loss can run round it, else None.
+
+    None unless the backend is JAX, a distribution is active, and its batch
+    axis spans more than one device. `DataParallel` names the axis after its
+    mesh's first axis ("batch" by default); `ModelParallel` takes
+    `batch_dim_name` or its mesh's first axis; both expose it as
+    `batch_dim_name`.
+    """
+    if BACKEND != "jax":
+        return None
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return None
+    name = getattr(distribution, "batch_dim_name", None)
+    device_mesh = getattr(distribution, "device_mesh", None)
+    if name is None or device_mesh is None or name not in device_mesh.axis_names:
+        return None
+    devices = device_mesh.shape[list(device_mesh.axis_names).index(name)]
+    if devices < 2:
+        return None
+    return BatchAxis(device_mesh.backend_mesh, name, devices)
+
+
+def why_no_ring_batch_axis():
+    """Why `ring_batch_axis()` is None, as a sentence for an error message."""
+    if BACKEND != "jax":
+        return f"it runs only on the JAX backend, and this is {BACKEND}"
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return "no keras.distribution is active (use one's scope, e.g. `with keras.distribution.DataParallel().scope():`)"
+    return f"the active {type(distribution).__name__} has no batch axis spanning more than one device"
+
+
+def map_batch_shards(function, axis, sharded_inputs, sharded_outputs):
+    """`function` run on every device of `axis` with its shard of the batch (`jax.shard_map`).
+
+    Args:
+        function: takes and returns tuples of tensors.
+        axis: a `BatchAxis`.
+        sharded_inputs, sharded_outputs: one bool per input / output: split
+            along the batch axis (True) or the same on every device (False).
+    """
+    import jax
+    from jax.sharding import PartitionSpec
+
+    def specs(flags):
+        return tuple(PartitionSpec(axis.name) if flag else PartitionSpec() for flag in flags)
+
+    return jax.shard_map(
+        function,
+        mesh=axis.mesh,
+        in_specs=specs(sharded_inputs),
+        out_specs=specs(sharded_outputs),
+        # The ring's loops start from zeros that are the same on every device and
+        # become device-dependent; its final sums make the scalars replicated.
+        check_vma=False,
+    )
+
+
+def pass_to_next_device(tensors, axis):
+    """Inside `map_batch_shards`: device k's `tensors` go to device k + 1 (mod D); returns those received."""
+    import jax
+
+    shift = [(k, (k + 1) % axis.devices) for k in range(axis.devices)]
+    return jax.lax.ppermute(tensors, axis.name, shift)
+
+
+def sum_over_devices(tensors, axis):
+    """Inside `map_batch_shards`: the sum of `tensors` over the devices of `axis`."""
+    import jax
+
+    return jax.lax.psum(tensors, axis.name)
 
 def process_index_and_count():
     """`(index, count)` of this process in a multi-host job; `(0, 1)` on one host.
