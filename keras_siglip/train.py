@@ -19,6 +19,7 @@ per-language accuracy) or `--dataset=shapes` (held-out colour-shape
 combinations).
 """
 
+import collections
 import json
 import math
 import os
@@ -28,7 +29,6 @@ import time
 
 import keras
 import numpy as np
-from absl import app, flags
 
 from keras_siglip import SigLIP, SigmoidLoss, SoftmaxLoss, evaluation
 from keras_siglip.data import digits, shapes
@@ -36,31 +36,35 @@ from keras_siglip.data.embedded import EMBEDDED_VOCABULARY, PairBatches
 from keras_siglip.models.siglip.towers import ImageEncoder, TextEncoder, variant_config
 from keras_siglip.models.siglip import SigLIPTokenizer
 
-FLAGS = flags.FLAGS
-flags.DEFINE_enum("dataset", "digits", ["digits", "shapes"], "Embedded dataset to train on.")
-flags.DEFINE_string("languages", "en", "Digits caption languages: comma-separated codes or 'all'.")
-flags.DEFINE_string("preset", None, "Start from this preset (name, folder, hf://...) instead of a fresh model.")
-flags.DEFINE_string("variant", None, "Named tower size from keras_siglip.VARIANTS; overrides the widths below.")
-flags.DEFINE_integer("width", 64, "Tower width.")
-flags.DEFINE_integer("depth", 2, "Encoder blocks per tower.")
-flags.DEFINE_integer("num_heads", 2, "Attention heads.")
-flags.DEFINE_integer("mlp_dim", 128, "MLP hidden width.")
-flags.DEFINE_integer("image_size", None, "Image side (default 16 for digits, 32 for shapes).")
-flags.DEFINE_integer("patch_size", 4, "ViT patch side.")
-flags.DEFINE_integer("sequence_length", 12, "Text tokens per caption.")
-flags.DEFINE_enum("loss", "sigmoid", ["sigmoid", "softmax"], "Contrastive loss.")
-flags.DEFINE_integer("batch_size", 64, "Pairs per step.")
-flags.DEFINE_integer("steps", 600, "Training steps.")
-flags.DEFINE_float("learning_rate", 3e-3, "Peak learning rate (warmup, then cosine decay).")
-flags.DEFINE_integer("warmup_steps", 100, "Linear warmup steps.")
-flags.DEFINE_float("weight_decay", 1e-4, "AdamW weight decay (kernels only).")
-flags.DEFINE_integer("checkpoint_every", 100, "Steps between checkpoints (one Keras epoch).")
-flags.DEFINE_integer("eval_every", 200, "Steps between held-out evaluations during training; 0 for none.")
-flags.DEFINE_integer("seed", 0, "Seed for initialisation and data order.")
-flags.DEFINE_string("workdir", "siglip_main_job", "Output folder; rerun with the same one to resume.")
-flags.DEFINE_integer("verbose", 1, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
-flags.DEFINE_bool("tensorboard", True, "Write TensorBoard logs.")
+Setting = collections.namedtuple("Setting", ["name", "kind", "default", "help", "choices"], defaults=[None])
 
+# The job's settings, in `--helpfull` order. `kind` picks the absl flag type; the
+# flags are defined only by `define_flags`, which the command line (`main`) calls.
+SETTINGS = (
+    Setting("dataset", "enum", "digits", "Embedded dataset to train on.", ("digits", "shapes")),
+    Setting("languages", "string", "en", "Digits caption languages: comma-separated codes or 'all'."),
+    Setting("preset", "string", None, "Start from this preset (name, folder, hf://...) instead of a fresh model."),
+    Setting("variant", "string", None, "Named tower size from keras_siglip.VARIANTS; overrides the widths below."),
+    Setting("width", "integer", 64, "Tower width."),
+    Setting("depth", "integer", 2, "Encoder blocks per tower."),
+    Setting("num_heads", "integer", 2, "Attention heads."),
+    Setting("mlp_dim", "integer", 128, "MLP hidden width."),
+    Setting("image_size", "integer", None, "Image side (default 16 for digits, 32 for shapes)."),
+    Setting("patch_size", "integer", 4, "ViT patch side."),
+    Setting("sequence_length", "integer", 12, "Text tokens per caption."),
+    Setting("loss", "enum", "sigmoid", "Contrastive loss.", ("sigmoid", "softmax")),
+    Setting("batch_size", "integer", 64, "Pairs per step."),
+    Setting("steps", "integer", 600, "Training steps."),
+    Setting("learning_rate", "float", 3e-3, "Peak learning rate (warmup, then cosine decay)."),
+    Setting("warmup_steps", "integer", 100, "Linear warmup steps."),
+    Setting("weight_decay", "float", 1e-4, "AdamW weight decay (kernels only)."),
+    Setting("checkpoint_every", "integer", 100, "Steps between checkpoints (one Keras epoch)."),
+    Setting("eval_every", "integer", 200, "Steps between held-out evaluations during training; 0 for none."),
+    Setting("seed", "integer", 0, "Seed for initialisation and data order."),
+    Setting("workdir", "string", "siglip_main_job", "Output folder; rerun with the same one to resume."),
+    Setting("verbose", "integer", 1, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch."),
+    Setting("tensorboard", "bool", True, "Write TensorBoard logs."),
+)
 
 def _tokenizer(sequence_length, proto=None):
     return SigLIPTokenizer(proto or str(EMBEDDED_VOCABULARY), sequence_length=sequence_length)
@@ -281,11 +285,7 @@ def run(config):
 
     preset_dir = workdir / "preset"
     shutil.rmtree(preset_dir, ignore_errors=True)
-    if hasattr(model, "save_to_preset"):
-        model.save_to_preset(str(preset_dir), tokenizer=tokenizer)
-    else:  # pragma: no cover - before presets existed
-        preset_dir.mkdir(parents=True)
-        model.save(str(preset_dir / "model.keras"))
+    model.save_to_preset(str(preset_dir), tokenizer=tokenizer)
 
     # Held-out images grouped by class (12 at most), so matches lie on the diagonal.
     classes = np.unique(test.labels)
@@ -331,33 +331,59 @@ def print_report(results, workdir):
     )
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    run({name: FLAGS[name].value for name in _FLAG_NAMES})
-
-
-_FLAG_NAMES = (
-    "dataset", "languages", "preset", "variant", "width", "depth", "num_heads", "mlp_dim", "image_size",
-    "patch_size", "sequence_length", "loss", "batch_size", "steps", "learning_rate", "warmup_steps",
-    "weight_decay", "checkpoint_every", "eval_every", "seed", "workdir", "verbose", "tensorboard",
-)  # fmt: skip
-
-
 def default_config(**overrides):
-    """The flags' defaults as a dict for `run`, with `overrides` (for scripts and tests).
+    """The settings' defaults as a dict for `run`, with `overrides` (for scripts and tests).
 
     Example:
-    >>> default_config(steps=10)["steps"]
-    10
+    >>> config = default_config(steps=10)
+    >>> config["steps"], config["dataset"], config["batch_size"]
+    (10, 'digits', 64)
+    >>> default_config(step=10)
+    Traceback (most recent call last):
+    ...
+    ValueError: Unknown settings ['step']; known: [...].
     """
-    unknown = sorted(set(overrides) - set(_FLAG_NAMES))
+    names = [setting.name for setting in SETTINGS]
+    unknown = sorted(set(overrides) - set(names))
     if unknown:
-        raise ValueError(f"Unknown settings {unknown}; known: {list(_FLAG_NAMES)}.")
-    config = {name: FLAGS[name].default for name in _FLAG_NAMES}
+        raise ValueError(f"Unknown settings {unknown}; known: {names}.")
+    config = {setting.name: setting.default for setting in SETTINGS}
     config.update(overrides)
     return config
 
 
+def define_flags(flag_values=None):
+    """Defines one absl flag per entry of `SETTINGS` (the command line's; importing defines none).
+
+    Example:
+    >>> from absl import flags
+    >>> own = flags.FlagValues()
+    >>> define_flags(own)
+    >>> own(["train", "--steps=5", "--loss=softmax"])
+    ['train']
+    >>> own.steps, own.loss, own.batch_size
+    (5, 'softmax', 64)
+    """
+    from absl import flags
+
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    for setting in SETTINGS:
+        define = getattr(flags, f"DEFINE_{setting.kind}")
+        extra = {"enum_values": list(setting.choices)} if setting.kind == "enum" else {}
+        define(name=setting.name, default=setting.default, help=setting.help, flag_values=flag_values, **extra)
+
+
+def main(argv):
+    """The command line's job: `run` on the parsed flags."""
+    from absl import app, flags
+
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    run({setting.name: flags.FLAGS[setting.name].value for setting in SETTINGS})
+
+
 if __name__ == "__main__":
+    from absl import app
+
+    define_flags()
     app.run(main)

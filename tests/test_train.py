@@ -1,7 +1,8 @@
-"""The main job end to end with tiny settings, and its resume after SIGKILL (JAX)."""
+"""The main job end to end with tiny settings, its command line, and its resume after SIGKILL (JAX)."""
 
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -13,6 +14,16 @@ import numpy as np
 import pytest
 
 from keras_siglip import train
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# Every flag of `python -m keras_siglip.train` with its default: names and defaults are the interface.
+FLAG_DEFAULTS = dict(
+    dataset="digits", languages="en", preset=None, variant=None, width=64, depth=2, num_heads=2, mlp_dim=128,
+    image_size=None, patch_size=4, sequence_length=12, loss="sigmoid", batch_size=64, steps=600,
+    learning_rate=3e-3, warmup_steps=100, weight_decay=1e-4, checkpoint_every=100, eval_every=200, seed=0,
+    workdir="siglip_main_job", verbose=1, tensorboard=True,
+)  # fmt: skip
 
 TINY_FLAGS = dict(
     width=32, depth=1, num_heads=2, mlp_dim=64, image_size=8, patch_size=4, batch_size=16,
@@ -53,6 +64,33 @@ def test_unknown_settings_are_rejected():
         train.default_config(step=3)
     with pytest.raises(ValueError, match="positive"):
         train.run(train.default_config(**TINY_FLAGS, steps=0, workdir="/nonexistent-never-written"))
+
+
+def test_importing_the_job_defines_and_parses_no_flags():
+    script = (
+        "from absl import flags\n"
+        "import keras_siglip.train as job\n"
+        "print(sorted({s.name for s in job.SETTINGS} & set(flags.FLAGS)), flags.FLAGS.is_parsed())\n"
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == "[] False"
+
+
+def test_command_line_flags_keep_their_names_and_defaults():
+    from absl import flags
+
+    own = flags.FlagValues()
+    train.define_flags(own)
+    assert {name: own[name].default for name in FLAG_DEFAULTS} == FLAG_DEFAULTS
+    assert sorted(own) == sorted(FLAG_DEFAULTS)
+    assert train.default_config() == FLAG_DEFAULTS
+    own(["train", "--dataset=shapes", "--notensorboard", "--learning_rate=0.01", "--image_size=24"])
+    assert (own.dataset, own.tensorboard, own.learning_rate, own.image_size) == ("shapes", False, 0.01, 24)
+    with pytest.raises(flags.IllegalFlagValueError):
+        own(["train", "--loss=hinge"])
 
 
 def _command(workdir):
