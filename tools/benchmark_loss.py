@@ -64,10 +64,10 @@ def _load_losses():
         package = types.ModuleType("keras_siglip")
         package.__path__ = [str(ROOT / "keras_siglip")]
         sys.modules["keras_siglip"] = package
-    from keras_siglip.losses import chunked, sigmoid  # noqa: F401
+    from keras_siglip.losses import sigmoid
 
     assert importlib.util.find_spec("keras_siglip.losses") is not None
-    return sigmoid, chunked
+    return sigmoid
 
 
 def _inputs(batch, dim, dtype, seed=0):
@@ -94,28 +94,17 @@ def _inputs(batch, dim, dtype, seed=0):
 
 
 def _step(method, chunk_size):
+    """Forward+backward of `sigmoid_loss(method=method)`, jitted.
+
+    "chunked" takes the automatic blocks even below the size where "auto"
+    computes densely; "ring" needs the distribution the caller set.
+    """
     import jax
 
-    sigmoid, chunked = _load_losses()
+    sigmoid = _load_losses()
 
-    if method == "dense":
-
-        def loss(image, text, log_temperature, bias):
-            return sigmoid.dense_sigmoid_loss(image.astype("float32"), text.astype("float32"), log_temperature, bias)
-
-    elif method == "chunked":  # the automatic blocks (even below the size where auto computes densely)
-
-        def loss(image, text, log_temperature, bias):
-            plan = chunked.plan_chunks(image.shape[0], image.shape[1], image.dtype, chunk_size, allow_dense=False)
-            if not chunked.backend.low_precision_matmuls():
-                image, text = image.astype("float32"), text.astype("float32")
-            return chunked.chunked_sigmoid_loss(image, text, log_temperature, bias, col_chunk=plan.col_chunk,
-                                                row_chunk=plan.row_chunk, two_pass=plan.two_pass)
-
-    else:  # "auto" (or "ring" under the distribution the caller set): what sigmoid_loss chooses
-
-        def loss(image, text, log_temperature, bias):
-            return sigmoid.sigmoid_loss(image, text, log_temperature, bias, chunk_size=chunk_size)
+    def loss(image, text, log_temperature, bias):
+        return sigmoid.sigmoid_loss(image, text, log_temperature, bias, method=method, chunk_size=chunk_size)
 
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
 
@@ -128,14 +117,11 @@ def measure(config):
 
     result = dict(config)
     batch, dim, dtype = config["batch"], config["dim"], config["dtype"]
-    sigmoid, chunked = _load_losses()
+    sigmoid = _load_losses()
     args = _inputs(batch, dim, dtype)
     jax.block_until_ready(args)
-    if config["method"] == "chunked":
-        plan = chunked.plan_chunks(batch, dim, dtype, config["chunk_size"], allow_dense=False)
-        result["plan"] = repr(plan)
-    elif config["method"] == "auto":
-        result["plan"] = repr(sigmoid.plan_sigmoid_loss(args[0], config["chunk_size"]))
+    if config["method"] in ("chunked", "auto"):
+        result["plan"] = repr(sigmoid.plan_sigmoid_loss(args[0], config["method"], config["chunk_size"]))
     step = _step(config["method"], config["chunk_size"])
     compiled = step.lower(*args).compile()
     memory = compiled.memory_analysis()
@@ -190,7 +176,7 @@ def measure_ring(config):
     import jax
     import keras
 
-    sigmoid, _ = _load_losses()
+    sigmoid = _load_losses()
     strategy = keras.distribution.DataParallel(devices=keras.distribution.list_devices())
     devices = len(jax.devices())
     for batch in config["batches"]:
@@ -198,7 +184,7 @@ def measure_ring(config):
         with strategy.scope():
             layout = strategy.get_data_layout(args[0].shape).backend_layout
             args = (*[jax.device_put(a, layout) for a in args[:2]], *args[2:])
-            plan = sigmoid.plan_sigmoid_loss(args[0], config["chunk_size"])
+            plan = sigmoid.plan_sigmoid_loss(args[0], "ring", config["chunk_size"])
             for method in ("ring", "dense"):
                 step = _step(method, config["chunk_size"])
                 compiled = step.lower(*args).compile()
@@ -284,7 +270,8 @@ def main(argv=None):
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--dtype", help="embedding dtype (default float32 on CPU, bfloat16 with --gpu)")
     parser.add_argument("--methods", default="dense,chunked",
-                        help="dense (B x B, autodiff), chunked (the automatic blocks, forced), auto (sigmoid_loss)")
+                        help="sigmoid_loss methods: dense (B x B, autodiff), chunked (the automatic blocks, "
+                             "forced), auto (what sigmoid_loss chooses)")
     parser.add_argument("--chunk-size", type=int, default=None, help="force a chunk size (default: automatic)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls at most (after a warm-up call)")
     parser.add_argument("--min-time", type=float, default=3.0, help="stop repeating once this many seconds ran")
@@ -356,7 +343,7 @@ def main(argv=None):
         else:
             line += [fmt_bytes(r.get("rss_peak_bytes"))]
         plan = r.get("plan") or "-"
-        line += [plan.replace("ChunkPlan(", "").replace(")", "") if plan != "-" else "B x B"]
+        line += [plan.replace("LossPlan(", "").replace(")", "") if plan != "-" else "B x B"]
         table.append(line)
 
     if len(table) > 1:
