@@ -55,7 +55,7 @@ def _import_or_skip(name):
         missing = _missing_dependency(error)
         if missing is None:
             raise
-        pytest.skip(f"{name} needs {missing!r}, which is not installed ({error})")
+        pytest.skip(f"{name} needs {missing!r}, which is not installed: {error}")
 
 
 @pytest.mark.parametrize("module_name", _modules_with_examples())
