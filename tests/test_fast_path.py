@@ -6,8 +6,7 @@ import pytest
 from conftest import random_pairs, tiny_siglip
 
 from keras_siglip import ImageEncoder, TextEncoder
-from keras_siglip.models.siglip.layers import EncoderBlock, MlpBlock, MultiHeadAttention
-from keras_siglip.models.siglip.layers.encoder_block import encoder_block
+from keras_siglip.models.siglip.layers import EncoderBlock, MlpBlock, MultiHeadAttention, compile_encoder_blocks
 
 
 def _copy_weights(source, target):
@@ -108,24 +107,42 @@ def test_quantized_projections_run_as_their_dense_layers():
         assert not np.array_equal(after, before)
 
 
-@pytest.mark.parametrize("output_position", [None, -1, 0])
-def test_encoder_block_function_computes_what_the_layer_does(output_position):
-    # `encoder_block` is what PyTorch compiles for `jit_compile=True`; the layer path is
-    # the sublayers' own calls. Distinct norms and biases, so a weight in the wrong slot shows.
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="the compiled path is torch.compile")
+def test_a_compiled_encoder_block_computes_what_the_eager_one_does_without_graph_breaks():
+    # The compiled function is the blocks' own `forward_impl`, weights included as inputs:
+    # blocks of one kind and input shape share a graph, and nothing leaves it.
+    import torch
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     rng = np.random.default_rng(4)
     x = rng.normal(size=(3, 6, 16)).astype("float32")
-    block = EncoderBlock(num_heads=4, mlp_dim=32, output_position=output_position)
-    block.build(x.shape)
-    block.set_weights([rng.normal(size=w.shape).astype("float32") * 0.3 for w in block.get_weights()])
-    weights = block.weights_in("float32")
-    expected = keras.ops.convert_to_numpy(block(x))
-    for fused in (True, False):
-        got = encoder_block(x, weights, 4, 1e-6, output_position, fused_projections=fused)
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(got), expected, atol=1e-5)
+    for output_position in (None, -1):
+        blocks = [EncoderBlock(num_heads=4, mlp_dim=32, output_position=output_position) for _ in range(2)]
+        for block in blocks:
+            block.build(x.shape)
+            # Distinct norms and biases, so a weight read in the wrong place shows.
+            block.set_weights([rng.normal(size=w.shape).astype("float32") * 0.3 for w in block.get_weights()])
+        with torch.no_grad():
+            eager = [keras.ops.convert_to_numpy(block(x)) for block in blocks]
+            assert compile_encoder_blocks(blocks[0]) == [blocks[0]] and blocks[0].torch_compile
+            compile_encoder_blocks(blocks[1])
+            compiled = [keras.ops.convert_to_numpy(block(x)) for block in blocks]
+        for got, expected in zip(compiled, eager):
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+        compile_encoder_blocks(blocks[0], jit_compile=False)
+        assert not blocks[0].torch_compile
+    counters = torch._dynamo.utils.counters
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] == 2  # one per block kind, shared by both blocks
 
 
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="jit_compile=True means torch.compile on PyTorch only")
 def test_torch_jit_compile_compiles_the_encoder_blocks_and_trains_like_eager():
+    import torch
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     batch = random_pairs(8)
     losses = {}
     for jit_compile in (False, True):
@@ -134,8 +151,12 @@ def test_torch_jit_compile_compiles_the_encoder_blocks_and_trains_like_eager():
         model.compile(jit_compile=jit_compile)
         losses[jit_compile] = [float(model.train_on_batch(batch)) for _ in range(3)]
         blocks = [layer for layer in model._flatten_layers() if isinstance(layer, EncoderBlock)]
-        assert len(blocks) == 4 and all((b.compiled_forward is not None) is jit_compile for b in blocks)
+        assert len(blocks) == 4 and all(b.torch_compile is jit_compile for b in blocks)
     np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)
+    counters = torch._dynamo.utils.counters
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    # Image blocks, text blocks, the text tower's one-token last block: one graph each.
+    assert counters["stats"]["unique_graphs"] == 3
     # Evaluation and prediction at another batch size use the compiled blocks too.
     embeddings = model.predict(random_pairs(5), batch_size=5, verbose=0)
     assert embeddings["text_embeddings"].shape == (5, 32)

@@ -1,7 +1,7 @@
 """The building blocks of both towers: plain Keras layers."""
 
 from keras_siglip.models.siglip.layers.attention import MultiHeadAttention
-from keras_siglip.models.siglip.layers.encoder_block import EncoderBlock
+from keras_siglip.models.siglip.layers.encoder_block import EncoderBlock, compile_encoder_blocks
 from keras_siglip.models.siglip.layers.map_pooling import MAPPooling
 from keras_siglip.models.siglip.layers.mlp import MlpBlock
 from keras_siglip.models.siglip.layers.patch_embedding import PatchEmbedding, sincos_2d_position_embedding
@@ -12,5 +12,6 @@ __all__ = [
     "MlpBlock",
     "MultiHeadAttention",
     "PatchEmbedding",
+    "compile_encoder_blocks",
     "sincos_2d_position_embedding",
 ]

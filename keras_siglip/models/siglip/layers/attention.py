@@ -27,60 +27,33 @@ def from_rows(rows, like):
     return ops.reshape(rows, tuple(ops.shape(like)[:-1]) + (rows.shape[-1],))
 
 
-def attend(query, key_value, project, output, num_heads, flash_attention=None):
-    """Multi-head attention around given projections.
+def is_plain(*dense_layers):
+    """No quantized layer among them: their kernels (LoRA included) can be multiplied as they are."""
+    return not any(d.dtype_policy.quantization_mode for d in dense_layers)
 
-    Args:
-        query: `(B, T, width)`.
-        key_value: `(B, S, width)`, or `None` for self-attention.
-        project: `project(x, names)` returns x's projections named by `names`
-            (a string of "q", "k", "v"), each as `(rows, width)`.
-        output: the output projection, `(rows, width)` to `(rows, width)`.
-        num_heads: int.
-        flash_attention: passed to `keras.ops.dot_product_attention` (`None`:
-            its own choice).
 
-    Returns:
-        `(B, T, width)`.
+def dense_rows(dense, rows):
+    """`dense(rows)`: the kernel (a LoRA update included) cast to the rows' dtype, plus the bias.
+
+    A quantized `Dense` computes its own product (its Keras call).
     """
-    batch, width = ops.shape(query)[0], ops.shape(query)[-1]
-
-    def heads(rows):
-        return ops.reshape(rows, (batch, -1, num_heads, width // num_heads))
-
-    if key_value is None:
-        q, k, v = project(query, "qkv")
-    else:
-        (q,) = project(query, "q")
-        k, v = project(key_value, "kv")
-    attended = ops.dot_product_attention(heads(q), heads(k), heads(v), flash_attention=flash_attention)
-    return from_rows(output(ops.reshape(attended, (-1, width))), query)
+    if not is_plain(dense):
+        return dense(rows)
+    return ops.matmul(rows, ops.cast(dense.kernel, rows.dtype)) + ops.cast(dense.bias, rows.dtype)
 
 
-def multi_head_attention(query, key_value, weights, num_heads, fused_projections=True, flash_attention=None):
-    """`MultiHeadAttention`'s computation on plain tensors.
+def _flash_attention():
+    """`dot_product_attention`'s `flash_attention`: its own choice, except under `torch.compile`.
 
-    `weights` is `[query kernel, query bias, key kernel, key bias, value kernel,
-    value bias, output kernel, output bias]` in the query's dtype; the other
-    arguments are `attend`'s. With `fused_projections` the projections of one
-    input sequence run as one matrix multiply.
+    There torch's `scaled_dot_product_attention` still picks its fastest kernel
+    itself, and Keras's check for flash attention would break the graph.
     """
-    kernels = dict(zip("qkv", weights[0:6:2]))
-    biases = dict(zip("qkv", weights[1:6:2]))
-    output_kernel, output_bias = weights[6:]
+    if keras.backend.backend() == "torch":
+        import torch
 
-    def project(x, names):
-        rows = as_rows(x)
-        if fused_projections and len(names) > 1:
-            joined = ops.matmul(rows, ops.concatenate([kernels[n] for n in names], axis=-1))
-            joined = joined + ops.concatenate([biases[n] for n in names], axis=-1)
-            return ops.split(joined, len(names), axis=-1)
-        return [ops.matmul(rows, kernels[n]) + biases[n] for n in names]
-
-    return attend(
-        query, key_value, project, lambda rows: ops.matmul(rows, output_kernel) + output_bias, num_heads,
-        flash_attention,
-    )
+        if torch.compiler.is_compiling():
+            return False
+    return None
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
@@ -93,13 +66,11 @@ class MultiHeadAttention(keras.layers.Layer):
     all patch tokens).
 
     The query, key, value and output projections are separate `Dense` layers,
-    as in the checkpoints; the computation itself is `multi_head_attention`,
-    a function of plain tensors. With `fused_projections` the kernels are
-    joined at call time so the projections of one sequence run as one matrix
-    multiply (query+key+value in self-attention, key+value in cross-attention).
-    The result is the same. A LoRA-enabled projection's `kernel` already holds
-    its update; when a projection is quantized, every projection is called as
-    its `Dense` layer instead.
+    as in the checkpoints. With `fused_projections` their kernels are joined at
+    call time so the projections of one sequence run as one matrix multiply
+    (query+key+value in self-attention, key+value in cross-attention). The
+    result is the same. A LoRA-enabled projection's `kernel` already holds its
+    update; a quantized projection runs as its own `Dense` layer.
 
     Args:
         num_heads: int. Number of attention heads; must divide the width.
@@ -148,25 +119,30 @@ class MultiHeadAttention(keras.layers.Layer):
     @property
     def plain(self):
         """No quantized projection: the kernels (LoRA included) can be multiplied as they are."""
-        projections = (self.query, self.key, self.value, self.output_projection)
-        return not any(p.dtype_policy.quantization_mode for p in projections)
+        return is_plain(self.query, self.key, self.value, self.output_projection)
 
-    def weights_in(self, dtype):
-        """The projections' kernels and biases for `multi_head_attention`, cast to `dtype`."""
-        projections = (self.query, self.key, self.value, self.output_projection)
-        return [ops.cast(w, dtype) for p in projections for w in (p.kernel, p.bias)]
+    def _project(self, x, projections):
+        """`x`'s projections by the given `Dense` layers, each `(rows, width)`."""
+        rows = as_rows(x)
+        if self.fused_projections and len(projections) > 1 and is_plain(*projections):
+            kernel = ops.concatenate([ops.cast(p.kernel, rows.dtype) for p in projections], axis=-1)
+            bias = ops.concatenate([ops.cast(p.bias, rows.dtype) for p in projections], axis=-1)
+            return ops.split(ops.matmul(rows, kernel) + bias, len(projections), axis=-1)
+        return [dense_rows(p, rows) for p in projections]
 
     def call(self, query, key_value=None):
-        if self.plain:
-            return multi_head_attention(
-                query, key_value, self.weights_in(query.dtype), self.num_heads, self.fused_projections
-            )
-        # A quantized projection computes its own product.
-        layers = {"q": self.query, "k": self.key, "v": self.value}
-        return attend(
-            query, key_value, lambda x, names: [layers[n](as_rows(x)) for n in names], self.output_projection,
-            self.num_heads,
-        )
+        batch, width = ops.shape(query)[0], ops.shape(query)[-1]
+
+        def heads(rows):
+            return ops.reshape(rows, (batch, -1, self.num_heads, width // self.num_heads))
+
+        if key_value is None:
+            q, k, v = self._project(query, (self.query, self.key, self.value))
+        else:
+            (q,) = self._project(query, (self.query,))
+            k, v = self._project(key_value, (self.key, self.value))
+        attended = ops.dot_product_attention(heads(q), heads(k), heads(v), flash_attention=_flash_attention())
+        return from_rows(dense_rows(self.output_projection, ops.reshape(attended, (-1, width))), query)
 
     def compute_output_shape(self, query_shape, key_value_shape=None):
         return query_shape

@@ -1,49 +1,10 @@
 """One pre-LayerNorm transformer encoder block."""
 
 import keras
-from keras import ops
 
-from keras_siglip.models.siglip.layers.attention import MultiHeadAttention, multi_head_attention
-from keras_siglip.models.siglip.layers.mlp import MlpBlock, mlp_block
-
-
-def residual_block(x, attention_norm, attention, mlp_norm, mlp, output_position=None):
-    """`x + attention(attention_norm(x))`, then `x + mlp(mlp_norm(x))`, each argument a callable.
-
-    With an `output_position`, only that token's row goes on past the attention
-    (which still reads every token's keys and values).
-    """
-    normed = attention_norm(x)
-    if output_position is None:
-        x = x + attention(normed)
-    else:
-        one = slice(output_position, None if output_position == -1 else output_position + 1)
-        x = x[:, one] + attention(normed[:, one], normed)
-    return x + mlp(mlp_norm(x))
-
-
-def encoder_block(
-    x, weights, num_heads, layer_norm_epsilon, output_position=None, fused_projections=True, flash_attention=None
-):
-    """`EncoderBlock`'s computation on plain tensors, which `torch.compile` can trace whole.
-
-    `weights` is `[attention_norm gamma, beta, mlp_norm gamma, beta]` (float32)
-    followed by `multi_head_attention`'s eight and `mlp_block`'s four, in `x`'s
-    dtype. `flash_attention` goes to `keras.ops.dot_product_attention`.
-    """
-    x = ops.convert_to_tensor(x)
-    gamma_1, beta_1, gamma_2, beta_2 = weights[:4]
-    attention_weights, mlp_weights = weights[4:12], weights[12:]
-    return residual_block(
-        x,
-        lambda t: ops.layer_normalization(t, gamma_1, beta_1, epsilon=layer_norm_epsilon),
-        lambda q, kv=None: multi_head_attention(
-            q, kv, attention_weights, num_heads, fused_projections, flash_attention
-        ),
-        lambda t: ops.layer_normalization(t, gamma_2, beta_2, epsilon=layer_norm_epsilon),
-        lambda t: mlp_block(t, mlp_weights),
-        output_position,
-    )
+from keras_siglip import backend
+from keras_siglip.models.siglip.layers.attention import MultiHeadAttention
+from keras_siglip.models.siglip.layers.mlp import MlpBlock
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
@@ -61,9 +22,13 @@ class EncoderBlock(keras.layers.Layer):
             and residuals are skipped.
         **kwargs: standard `keras.layers.Layer` arguments.
 
-    `compiled_forward`, when set (by `SigLIP` for `jit_compile=True` on PyTorch),
-    is `encoder_block` compiled, called with this block's weights; the model's
-    other layers then run eagerly.
+    `forward_impl` is the computation: the sublayers composed through their
+    `call` methods (Keras's layer call runs once, for the block), so on PyTorch
+    the whole block can run as one `torch.compile` graph.
+    `compile_encoder_blocks(layer)` turns that on (`torch_compile`) for every
+    block below `layer`: the compiled function is the class's `forward_impl`,
+    shared by all blocks (their weights are its inputs), so the blocks of one
+    input shape share one graph.
 
     Example:
     >>> import numpy as np
@@ -81,7 +46,7 @@ class EncoderBlock(keras.layers.Layer):
         self.num_heads = num_heads
         self.mlp_dim = mlp_dim
         self.layer_norm_epsilon = layer_norm_epsilon
-        self.compiled_forward = None
+        self.torch_compile = False
 
     def build(self, input_shape):
         def layer_norm(name):
@@ -99,21 +64,20 @@ class EncoderBlock(keras.layers.Layer):
             layer.build(input_shape)
 
     def call(self, x):
-        if self.compiled_forward is not None and self.attention.plain and self.mlp.plain:
-            # flash_attention=False: torch's scaled_dot_product_attention still picks its
-            # fastest kernel itself, and Keras's own check for flash attention breaks the graph.
-            return self.compiled_forward(
-                x, self.weights_in(x.dtype), self.num_heads, self.layer_norm_epsilon, self.output_position,
-                self.attention.fused_projections, False,
-            )
-        return residual_block(
-            x, self.attention_norm, self.attention, self.mlp_norm, self.mlp, self.output_position
-        )
+        if self.torch_compile and backend.BACKEND == "torch" and self.attention.plain and self.mlp.plain:
+            return backend.torch_compiled(EncoderBlock.forward_impl)(self, x)
+        return self.forward_impl(x)
 
-    def weights_in(self, dtype):
-        """This block's weights as `encoder_block` takes them (norms float32, the rest cast to `dtype`)."""
-        norms = [self.attention_norm.gamma, self.attention_norm.beta, self.mlp_norm.gamma, self.mlp_norm.beta]
-        return [ops.convert_to_tensor(w) for w in norms] + self.attention.weights_in(dtype) + self.mlp.weights_in(dtype)
+    def forward_impl(self, x):
+        """The block's computation (what `call` runs, compiled or not)."""
+        normed = self.attention_norm.call(x)
+        if self.output_position is None:
+            x = x + self.attention.call(normed)
+        else:
+            position = self.output_position
+            one = slice(position, None if position == -1 else position + 1)
+            x = x[:, one] + self.attention.call(normed[:, one], normed)
+        return x + self.mlp.call(self.mlp_norm.call(x))
 
     def compute_output_shape(self, input_shape):
         return input_shape if self.output_position is None else (input_shape[0], 1, input_shape[-1])
@@ -129,3 +93,26 @@ class EncoderBlock(keras.layers.Layer):
             }
         )
         return config
+
+
+def compile_encoder_blocks(layer, jit_compile=True):
+    """Runs every `EncoderBlock` in `layer` (itself included) as one `torch.compile` graph, or not.
+
+    On PyTorch, `jit_compile=True` compiles the blocks' shared `call` (one
+    graph per input shape and block kind, no graph breaks); the rest of the
+    model runs eagerly. `jit_compile=False` (or anything but `True`) turns it
+    off. On JAX and TensorFlow, whose steps XLA compiles whole, the flag does
+    nothing. Returns the blocks.
+
+    Example:
+    >>> from keras_siglip import ImageEncoder
+    >>> encoder = ImageEncoder.from_variant("tiny", image_size=32, patch_size=8)
+    >>> [block.name for block in compile_encoder_blocks(encoder)]
+    ['block_0', 'block_1']
+    >>> any(block.torch_compile for block in compile_encoder_blocks(encoder, jit_compile=False))
+    False
+    """
+    blocks = [each for each in layer._flatten_layers(include_self=True) if isinstance(each, EncoderBlock)]
+    for block in blocks:
+        block.torch_compile = jit_compile is True
+    return blocks

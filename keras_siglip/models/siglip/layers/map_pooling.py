@@ -22,7 +22,7 @@ class MAPPooling(keras.layers.Layer):
 
     Example:
     >>> import numpy as np
-    >>> MAPPooling(num_heads=2, mlp_dim=16)(np.zeros((2, 5, 8))).shape
+    >>> tuple(MAPPooling(num_heads=2, mlp_dim=16)(np.zeros((2, 5, 8))).shape)
     (2, 8)
     """
 

@@ -1,17 +1,8 @@
 """The transformer's position-wise MLP: Dense -> tanh-GELU -> Dense."""
 
 import keras
-from keras import ops
 
-from keras_siglip.models.siglip.layers.attention import as_rows, from_rows, glorot_uniform_for
-
-
-def mlp_block(x, weights):
-    """`MlpBlock`'s computation on plain tensors: `weights` = [hidden kernel, hidden bias,
-    output kernel, output bias] in `x`'s dtype; `(..., width)` -> `(..., width)`."""
-    hidden_kernel, hidden_bias, output_kernel, output_bias = weights
-    hidden = keras.activations.gelu(ops.matmul(as_rows(x), hidden_kernel) + hidden_bias, approximate=True)
-    return from_rows(ops.matmul(hidden, output_kernel) + output_bias, x)
+from keras_siglip.models.siglip.layers.attention import as_rows, dense_rows, from_rows, glorot_uniform_for, is_plain
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
@@ -58,18 +49,13 @@ class MlpBlock(keras.layers.Layer):
     @property
     def plain(self):
         """No quantized layer: the kernels (LoRA included) can be multiplied as they are."""
-        return not any(d.dtype_policy.quantization_mode for d in (self.hidden, self.output_projection))
-
-    def weights_in(self, dtype):
-        """The kernels and biases for `mlp_block`, cast to `dtype`."""
-        return [ops.cast(w, dtype) for d in (self.hidden, self.output_projection) for w in (d.kernel, d.bias)]
+        return is_plain(self.hidden, self.output_projection)
 
     def call(self, x):
-        if self.plain:
-            return mlp_block(x, self.weights_in(x.dtype))
-        # A quantized Dense computes its own product.
-        hidden = keras.activations.gelu(self.hidden(as_rows(x)), approximate=True)
-        return from_rows(self.output_projection(hidden), x)
+        # Each Dense as `dense_rows`: the kernel (LoRA included) cast to x's dtype; a quantized
+        # Dense computes its own product.
+        hidden = keras.activations.gelu(dense_rows(self.hidden, as_rows(x)), approximate=True)
+        return from_rows(dense_rows(self.output_projection, hidden), x)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -37,7 +37,7 @@ class PatchEmbedding(keras.layers.Layer):
 
     Example:
     >>> import numpy as np
-    >>> PatchEmbedding(patch_size=4, width=8)(np.zeros((2, 16, 16, 3))).shape
+    >>> tuple(PatchEmbedding(patch_size=4, width=8)(np.zeros((2, 16, 16, 3))).shape)
     (2, 16, 8)
     """
 
