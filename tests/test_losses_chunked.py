@@ -226,7 +226,7 @@ def test_dense_takes_no_chunk_size():
 
 def test_ring_without_a_distribution_says_why():
     z = np.ones((4, 8), "float32")
-    problem = "no keras.distribution is active" if BACKEND == "jax" else "only on the JAX backend"
+    problem = "no keras.distribution is active" if BACKEND == "jax" else "it runs only on the JAX backend"
     with pytest.raises(ValueError, match=f"method='ring' cannot be used: {problem}"):
         sigmoid_loss(z, z, 0.0, 0.0, method="ring")
     loss = SigmoidLoss(method="ring")  # the distribution may come later: checked when called
