@@ -1,14 +1,34 @@
-"""big_vision `.npz` -> SigLIP, checked against a NumPy forward pass over the raw checkpoint."""
+"""big_vision `.npz` -> SigLIP, checked against a NumPy forward pass over the raw checkpoint.
+
+The oracle, `tools/big_vision_reference.py`, is our own NumPy re-implementation
+of big_vision's model (big_vision itself is not installable from PyPI); it
+shares no code with keras_siglip and lives with the tools, outside the package.
+"""
 
 import importlib.util
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
 import pytest
 
 from keras_siglip import SigLIP
-from keras_siglip.presets import big_vision_format, big_vision_reference
+from keras_siglip.presets import big_vision_format
+
+TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tools")
+
+
+def load_tool(name):
+    """A module under tools/ (a script's flags are only defined when it runs as a script)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(TOOLS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+big_vision_reference = load_tool("big_vision_reference")
 
 TOWER = dict(width=32, depth=2, mlp_dim=64, num_heads=2)  # the "tiny" presets' towers
 
@@ -180,25 +200,59 @@ def test_scan_layout_is_unstacked():
         np.testing.assert_array_equal(normalised[key], params[key])
 
 
-def load_tool(name):
-    """A script under tools/ as a module (its flags are only defined when run as a script)."""
-    path = os.path.join(os.path.dirname(__file__), "..", "tools", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_convert_big_vision_tool(tmp_path, capsys):
-    """The tool writes a preset, checks it numerically, and fails when the check cannot pass."""
+def test_convert_big_vision_tool(tmp_path, capsys, monkeypatch):
+    """The tool writes a preset, checks it numerically, and raises, naming the worst output, when it is off."""
     params = random_big_vision_params()
     source = save_npz(tmp_path / "ckpt.npz", to_scan_layout(params))
     tool = load_tool("convert_big_vision")
-    assert tool.convert_and_check(source, str(tmp_path / "preset")) == 0
+    errors = tool.convert_and_check(source, str(tmp_path / "preset"))
+    assert list(errors) == ["image embeddings", "text embeddings", "logits"]
+    assert all(error <= 1e-4 for error, _ in errors.values())
     assert capsys.readouterr().out.count(" ok") == 3
     assert_matches_reference(SigLIP.from_preset(str(tmp_path / "preset")), params)
-    # Any output off by more than the tolerance makes the tool fail.
+
+    # One logit off by 2e-4 (as a conversion bug would make it) fails the check.
+    forward = tool.big_vision_reference.forward
+
+    def off_by_one_logit(*args):
+        image_embeddings, text_embeddings, logits = forward(*args)
+        logits = logits.copy()
+        logits[0, 1] += 2e-4
+        return image_embeddings, text_embeddings, logits
+
+    monkeypatch.setattr(tool.big_vision_reference, "forward", off_by_one_logit)
+    message = r"does not reproduce ckpt\.npz: logits differ by up to 2\.0\de-04 at \[0, 1\], above the tolerance 0\.0001"
+    with pytest.raises(tool.ConversionMismatch, match=message):
+        tool.convert_and_check(source, str(tmp_path / "preset"))
+    assert "logits            max abs error 2.0" in capsys.readouterr().out
+    assert tool.exit_status(tool.convert_and_check, source, str(tmp_path / "preset")) == 1
+    assert "Conversion check failed: the converted model does not reproduce" in capsys.readouterr().err
+    assert tool.exit_status(tool.convert_and_check, source, str(tmp_path / "preset"), tolerance=1e-3) == 0
+
+
+def test_conversion_check_names_the_worst_output():
+    check = load_tool("conversion_check")
     ours = [np.zeros((2, 4)), np.zeros((2, 4)), np.zeros((2, 2))]
-    off = [ours[0], ours[1] + 0.0, ours[2] + np.array([[0.0, 2e-4], [0.0, 0.0]])]
-    assert tool.report(ours, off, tolerance=1e-4) == 1
-    assert "logits            max abs error 2.00e-04  MISMATCH" in capsys.readouterr().out
+    errors = check.differences(ours, [ours[0] + 1e-5, ours[1] - 3e-3, ours[2]])
+    assert errors["text embeddings"] == (pytest.approx(3e-3), (0, 0)) and errors["logits"] == (0.0, (0, 0))
+    with pytest.raises(check.ConversionMismatch, match=r"text embeddings differ by up to 3\.00e-03.*tolerance 0\.001"):
+        check.assert_reproduces(errors, tolerance=1e-3)
+    check.assert_reproduces(errors, tolerance=3e-3)
+    nan = np.array([[0.0, np.nan], [0.0, 0.0]])
+    with pytest.raises(check.ConversionMismatch, match=r"logits differ by up to inf at \[0, 1\]"):
+        check.assert_reproduces(check.differences(ours, [ours[0], ours[1], nan]), tolerance=1.0)
+    with pytest.raises(check.ConversionMismatch, match=r"logits: converted shape \(2, 2\), source shape \(2,\)"):
+        check.differences(ours, [ours[0], ours[1], np.zeros(2)])
+
+
+def test_convert_big_vision_script_exit_status(tmp_path):
+    """Run as a script: flags parsed, exit 0 when the preset reproduces the checkpoint."""
+    source = save_npz(tmp_path / "ckpt.npz", random_big_vision_params())
+    root = os.path.dirname(os.path.abspath(TOOLS))  # the checkout under test, installed or not
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    command = [sys.executable, os.path.join(TOOLS, "convert_big_vision.py"), f"--checkpoint={source}",
+               f"--output={tmp_path / 'preset'}"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count(" ok") == 3 and (tmp_path / "preset" / "config.json").exists()

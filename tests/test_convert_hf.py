@@ -128,21 +128,37 @@ def test_bad_checkpoints_name_the_problem(tmp_path):
         SigLIP.from_preset(str(tmp_path))
 
 
-def test_convert_hf_tool(tmp_path, capsys):
-    tiny_hf_model(tmp_path / "hf")
+def test_convert_hf_tool(tmp_path, capsys, monkeypatch):
+    """The tool writes a preset, checks it against transformers, and raises, naming the worst output, when off."""
+    reference = tiny_hf_model(tmp_path / "hf")
     path = os.path.join(os.path.dirname(__file__), "..", "tools", "convert_hf.py")
     spec = importlib.util.spec_from_file_location("convert_hf", path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    assert tool.convert_and_check(str(tmp_path / "hf"), str(tmp_path / "preset")) == 0
+    errors = tool.convert_and_check(str(tmp_path / "hf"), str(tmp_path / "preset"))
+    assert list(errors) == ["image embeddings", "text embeddings", "logits"]
+    assert all(error <= 1e-4 for error, _ in errors.values())
     assert capsys.readouterr().out.count(" ok") == 3
     images, token_ids = random_inputs(16)
-    reference = transformers.SiglipModel.from_pretrained(tmp_path / "hf").eval()
     assert_same(our_outputs(SigLIP.from_preset(str(tmp_path / "preset")), images, token_ids),
                 hf_outputs(reference, images, token_ids))
-    ours = [np.zeros((2, 4)), np.zeros((2, 4)), np.zeros((2, 2))]
-    assert tool.report(ours, [ours[0] + 1e-3, ours[1], ours[2]], tolerance=1e-4) == 1
+
+    # An image embedding off by 1e-3 (as a conversion bug would make it) fails the check.
+    transformers_outputs = tool.transformers_outputs
+
+    def off(*args):
+        image_embeddings, text_embeddings, logits = transformers_outputs(*args)
+        image_embeddings = image_embeddings.copy()
+        image_embeddings[1, 5] += 1e-3
+        return image_embeddings, text_embeddings, logits
+
+    monkeypatch.setattr(tool, "transformers_outputs", off)
+    with pytest.raises(tool.ConversionMismatch, match=r"image embeddings differ by up to 1\.00e-03 at \[1, 5\], "
+                                                      r"above the tolerance 0\.0001"):
+        tool.convert_and_check(str(tmp_path / "hf"), str(tmp_path / "preset"))
     assert "image embeddings  max abs error 1.00e-03  MISMATCH" in capsys.readouterr().out
+    assert tool.exit_status(tool.convert_and_check, str(tmp_path / "hf"), str(tmp_path / "preset")) == 1
+    assert "Conversion check failed:" in capsys.readouterr().err
 
 
 def test_preprocessing_and_identity_text_head(tmp_path):

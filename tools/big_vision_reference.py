@@ -1,15 +1,34 @@
-"""big_vision's SigLIP forward pass in plain NumPy, straight off the checkpoint's keys.
+"""A SigLIP forward pass in plain NumPy over a big_vision checkpoint's keys: a test and tool oracle.
 
-Shares no code with the Keras layers, so it can judge a conversion: it reads
-`img/...`, `txt/...`, `t`, `b` arrays (after `big_vision_format.normalize_keys`)
-and follows big_vision's `vit.py`, `two_towers.py` and text transformer.
+Not part of the package: `tests/test_convert_big_vision.py` and
+`tools/convert_big_vision.py` judge big_vision conversions with it. It is our
+own re-implementation (no big_vision code), written from big_vision's model
+definitions (`models/vit.py`, `models/proj/image_text/two_towers.py` and
+`text_transformer.py`) and sharing no code with keras_siglip, so a conversion
+bug cannot cancel out. The real big_vision is not a usable reference here: it
+is not on PyPI (only a GitHub repository, with flax and its own configs), so
+the tests cannot run its model; transformers checkpoints, by contrast, are
+tested against transformers itself (`tests/test_convert_hf.py`).
+
+It reads the `img/...`, `txt/...`, `t`, `b` arrays of a checkpoint (after
+`keras_siglip.presets.big_vision_format.normalize_keys`), float32 or bf16
+stored as 2-byte void, and computes in float64.
 """
 
 import math
 
 import numpy as np
 
-from keras_siglip.presets.checkpoint import as_float32
+
+def _as_float64(array):
+    """float64 copy; bf16 (stored by `np.savez` as 2-byte void) is the top half of a float32."""
+    array = np.asarray(array)
+    if array.dtype.kind == "V":
+        if array.dtype.itemsize != 2:
+            raise ValueError(f"cannot read an array stored as opaque {array.dtype}")
+        high = np.frombuffer(array.tobytes(), "<u2").astype("<u4") << 16
+        return high.view("<f4").reshape(array.shape).astype(np.float64)
+    return array.astype(np.float64)
 
 
 def _layer_norm(x, params, prefix, epsilon=1e-6):
@@ -80,7 +99,7 @@ def encode_texts(params, token_ids):
 
 def forward(params, images, token_ids):
     """`(image_embeddings, text_embeddings, logits)`, L2-normalised as big_vision does, in float64."""
-    params = {key: as_float32(value).astype(np.float64) for key, value in params.items()}
+    params = {key: _as_float64(value) for key, value in params.items()}
     images = np.asarray(images, np.float64)
 
     def normalize(x):

@@ -4,7 +4,9 @@ Reads both the per-layer and the stacked "scan" layouts (bf16 stored as void
 included), writes `config.json` + `metadata.json` + `model.weights.h5`, reloads
 the folder and compares image embeddings, text embeddings and logits on random
 inputs with an independent NumPy forward pass over the checkpoint
-(`keras_siglip.presets.big_vision_reference`). Exits 1 on a mismatch.
+(`tools/big_vision_reference.py`). Prints one line per output and exits 1,
+naming the worst output and the tolerance, unless the converted model
+reproduces the checkpoint.
 
     python tools/convert_big_vision.py --checkpoint=webli_en_b16_224_63724782.npz \
         --output=presets/siglip_base_patch16_224
@@ -13,13 +15,16 @@ inputs with an independent NumPy forward pass over the checkpoint
 import os
 import sys
 
-import numpy as np
-from absl import app, flags
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling modules below, however loaded
 
-from keras_siglip import SigLIP
-from keras_siglip.presets import big_vision_format, big_vision_reference, checkpoint, from_big_vision
-from keras_siglip.presets.checkpoint import report_differences as report
-from keras_siglip.presets.loader import preset_utils
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+import big_vision_reference  # noqa: E402
+from conversion_check import ConversionMismatch, assert_reproduces, differences, exit_status, print_report  # noqa: E402, F401
+from keras_siglip import SigLIP  # noqa: E402
+from keras_siglip.presets import big_vision_format, checkpoint, from_big_vision  # noqa: E402
+from keras_siglip.presets.loader import preset_utils  # noqa: E402
 
 
 def define_flags():
@@ -31,7 +36,11 @@ def define_flags():
 
 
 def convert_and_check(checkpoint_path, output, batch_size=2, tolerance=1e-4, seed=0):
-    """Writes the preset, checks it against the checkpoint; returns the exit status (0 or 1)."""
+    """Writes the preset and prints its differences from the checkpoint's NumPy forward pass.
+
+    Returns `{output name: (largest absolute difference, index)}`; raises `ConversionMismatch`
+    if any exceeds `tolerance`.
+    """
     if not os.path.isfile(checkpoint_path):
         checkpoint_path = preset_utils.get_file(os.path.dirname(checkpoint_path), os.path.basename(checkpoint_path))
     from_big_vision(checkpoint_path).save_to_preset(output)
@@ -47,14 +56,17 @@ def convert_and_check(checkpoint_path, output, batch_size=2, tolerance=1e-4, see
     ours = (outputs["image_embeddings"], outputs["text_embeddings"],
             model.similarity(outputs["image_embeddings"], outputs["text_embeddings"]))
     params = big_vision_format.normalize_keys(checkpoint.load_npz(checkpoint_path))
-    reference = big_vision_reference.forward(params, images, token_ids)
-    return report(ours, reference, tolerance)
+    errors = differences(ours, big_vision_reference.forward(params, images, token_ids))
+    print_report(errors, tolerance)
+    assert_reproduces(errors, tolerance, source=os.path.basename(checkpoint_path))
+    return errors
 
 
 def main(argv):
     del argv
     FLAGS = flags.FLAGS
-    sys.exit(convert_and_check(FLAGS.checkpoint, FLAGS.output, FLAGS.batch_size, FLAGS.tolerance, FLAGS.seed))
+    sys.exit(exit_status(convert_and_check, FLAGS.checkpoint, FLAGS.output, FLAGS.batch_size, FLAGS.tolerance,
+                         FLAGS.seed))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 `--source` is a local folder (config.json + safetensors) or an `hf://org/name`
 handle. The preset is written, reloaded, and its image embeddings, text
 embeddings and logits on random inputs are compared with transformers'
-`SiglipModel` (torch, CPU) on the same checkpoint. Exits 1 on a mismatch.
+`SiglipModel` (torch, CPU) on the same checkpoint. Prints one line per output
+and exits 1, naming the worst output and the tolerance, unless the converted
+model reproduces the checkpoint.
 
     python tools/convert_hf.py --source=hf://google/siglip-base-patch16-224 \
         --output=presets/siglip_base_patch16_224
@@ -12,13 +14,15 @@ embeddings and logits on random inputs are compared with transformers'
 import os
 import sys
 
-import numpy as np
-from absl import app, flags
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # conversion_check, however this is loaded
 
-from keras_siglip import SigLIP
-from keras_siglip.presets import from_transformers
-from keras_siglip.presets.checkpoint import report_differences as report
-from keras_siglip.presets.loader import preset_utils
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from conversion_check import ConversionMismatch, assert_reproduces, differences, exit_status, print_report  # noqa: E402, F401
+from keras_siglip import SigLIP  # noqa: E402
+from keras_siglip.presets import from_transformers  # noqa: E402
+from keras_siglip.presets.loader import preset_utils  # noqa: E402
 
 
 def define_flags():
@@ -42,7 +46,11 @@ def transformers_outputs(folder, images, token_ids):
 
 
 def convert_and_check(source, output, batch_size=2, tolerance=1e-4, seed=0):
-    """Writes the preset, checks it against transformers; returns the exit status (0 or 1)."""
+    """Writes the preset and prints its differences from transformers on the same checkpoint.
+
+    Returns `{output name: (largest absolute difference, index)}`; raises `ConversionMismatch`
+    if any exceeds `tolerance`.
+    """
     from_transformers(source).save_to_preset(output)
     model = SigLIP.from_preset(output)
     print(f"wrote {output} ({model.count_params():,} parameters)")
@@ -57,14 +65,17 @@ def convert_and_check(source, output, batch_size=2, tolerance=1e-4, seed=0):
             model.similarity(outputs["image_embeddings"], outputs["text_embeddings"]))
     # Downloaded files sit together in one snapshot folder that transformers can read.
     folder = os.path.dirname(preset_utils.get_file(source, preset_utils.CONFIG_FILE))
-    reference = transformers_outputs(folder, images, token_ids)
-    return report(ours, reference, tolerance)
+    errors = differences(ours, transformers_outputs(folder, images, token_ids))
+    print_report(errors, tolerance)
+    assert_reproduces(errors, tolerance, source=source)
+    return errors
 
 
 def main(argv):
     del argv
     FLAGS = flags.FLAGS
-    sys.exit(convert_and_check(FLAGS.source, FLAGS.output, FLAGS.batch_size, FLAGS.tolerance, FLAGS.seed))
+    sys.exit(exit_status(convert_and_check, FLAGS.source, FLAGS.output, FLAGS.batch_size, FLAGS.tolerance,
+                         FLAGS.seed))
 
 
 if __name__ == "__main__":
