@@ -59,6 +59,13 @@ def block_loss_and_grads(rows, cols, row_ids, col_ids, logits, *, positives, val
         `(loss_sum, g_sum, cols_grad, rows_grad)`: the block's sum of per-pair
         losses (not divided by B), its sum of `sigmoid(x) - [positive]`,
         dL/dcols (c, d) and dL/drows (r, d, or None), both float32.
+
+    Example:
+    >>> import numpy as np
+    >>> z, ids = np.eye(2, dtype="float32"), np.arange(2, dtype="int32")
+    >>> loss_sum, g_sum, _, _ = block_loss_and_grads(z, z, ids, ids, Logits(0.0, 0.0, 2), positives=True)
+    >>> round(float(loss_sum), 4)  # 2 softplus(-1) + 2 softplus(0)
+    2.0128
     """
     x = logits.temperature * backend.matmul_f32(rows, cols, transpose_b=True) + logits.bias
     if positives:
@@ -102,6 +109,14 @@ def sweep(rows, cols, logits, plan, *, positives=True, with_rows_grad=True, runn
         `<cols_j, dL/dcols_j>` over this sweep's own contribution (valid only
         without `running_grads`), dL/dcols (n, d; in `cols`' dtype, or float32
         with `running_grads`) and dL/drows (n, d, float32, or None).
+
+    Example:
+    >>> import numpy as np
+    >>> from keras_siglip.losses.plan import LossPlan
+    >>> z = np.eye(3, dtype="float32")
+    >>> loss_sum = sweep(z, z, Logits(0.0, 0.0, 3), LossPlan("chunked", col_chunk=2))[0]
+    >>> round(float(loss_sum), 4)  # 3 softplus(-1) + 6 softplus(0)
+    5.0987
     """
     col_chunk, row_chunk = plan.col_chunk, plan.row_chunk
     n, dim = rows.shape
