@@ -34,7 +34,7 @@ def sigmoid_loss(image_embeddings, text_embeddings, log_temperature, bias, *, me
       the devices (see `keras_siglip.losses.ring`); per-device memory is
       (B/D)^2, not B^2;
     - **auto**: ring where it can run, else dense while the B x B logits are
-      small (or no `chunk_size` is given), else chunked. `plan_sigmoid_loss`
+      small and no `chunk_size` is given, else chunked. `plan_sigmoid_loss`
       says what it picks.
 
     Args:
