@@ -9,6 +9,7 @@ so held-out images are scored with prompts the model never saw in training.
 import numpy as np
 
 from keras_siglip.data.embedded import CaptionedImages, resize_images
+from keras_siglip.extras import require
 
 NUMBER_WORDS = {
     "en": ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"],
@@ -117,6 +118,7 @@ def load_digits(split="train", image_size=16, languages=("en",), test_fraction=0
     >>> data.images.shape, data.class_names[7]
     ((359, 16, 16, 3), 'seven')
     """
+    require("sklearn", purpose="load_digits")
     from sklearn.datasets import load_digits as sklearn_digits
 
     if split not in ("train", "test"):

@@ -13,6 +13,8 @@ import os
 import keras
 import numpy as np
 
+from keras_siglip.extras import require
+
 MANIFEST = "manifest.json"
 FORMAT = "keras_siglip.embedding_cache/1"
 
@@ -154,7 +156,7 @@ def read_embedding_cache(cache_dir, batch_size, *, embedding_dim=None, expected_
     >>> dataset = read_embedding_cache("cache/", 1024, embedding_dim=768)  # doctest: +SKIP
     >>> model.fit(dataset)  # doctest: +SKIP
     """
-    import tensorflow as tf
+    tf = require("tensorflow", purpose="read_embedding_cache")
 
     manifest = _read_manifest(cache_dir)
     if manifest is None:

@@ -22,9 +22,10 @@ import tarfile
 import threading
 import warnings
 
-import tensorflow as tf
-
 from keras_siglip import backend
+from keras_siglip.extras import require
+
+tf = require("tensorflow", purpose="keras_siglip.data.readers")
 
 AUTOTUNE = tf.data.AUTOTUNE
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "bmp", "webp")

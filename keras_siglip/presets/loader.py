@@ -22,6 +22,7 @@ import os
 import keras
 import numpy as np
 
+from keras_siglip.extras import require
 from keras_siglip.presets import big_vision_format, hf_format, keras_hub_format, registry
 from keras_siglip.presets.checkpoint import assign, load_npz, load_safetensors, model_weights
 
@@ -29,9 +30,18 @@ OUR_CLASS = "keras_siglip>SigLIP"
 
 
 class _PresetUtils:
-    """keras-hub's preset utilities, imported on first use (keras-hub takes seconds to import)."""
+    """keras-hub's preset file utilities, imported on first use (keras-hub takes seconds to import).
+
+    The one private keras-hub import left: `get_file` (local folders, `hf://`,
+    `kaggle://`, `gs://` and `modelscope://`, with keras-hub's error handling),
+    `check_file_exists`, `load_json`, the preset saver and the file-name
+    constants have no public export (keras-hub 0.32 exports only
+    `upload_preset` from that module). Tokenizers and image converters are read
+    and written through their public `from_preset` / `save_to_preset`.
+    """
 
     def __getattr__(self, name):
+        require("keras_hub", purpose="Reading and writing preset files")
         from keras_hub.src.utils import preset_utils
 
         return getattr(preset_utils, name)
@@ -108,12 +118,11 @@ def _preprocessing(handle, model):
         return None, image_converter
     config = _load_config(handle)
     if config.get("registered_name") == OUR_CLASS:
-        loader = preset_utils.KerasPresetLoader(handle, config)
         tokenizer = image_converter = None
         if preset_utils.check_file_exists(handle, preset_utils.TOKENIZER_CONFIG_FILE):
-            tokenizer = loader.load_tokenizer(SigLIPTokenizer)
+            tokenizer = SigLIPTokenizer.from_preset(handle)
         if preset_utils.check_file_exists(handle, preset_utils.IMAGE_CONVERTER_CONFIG_FILE):
-            image_converter = loader.load_image_converter(SigLIPImagePreprocessor)
+            image_converter = SigLIPImagePreprocessor.from_preset(handle)
         return tokenizer, image_converter
     # transformers keeps `spiece.model` at the top; keras-hub under assets/tokenizer/.
     for vocabulary in ("spiece.model", f"{preset_utils.TOKENIZER_ASSET_DIR}/vocabulary.spm"):
@@ -126,17 +135,17 @@ def _preprocessing(handle, model):
 
 def save_preset(folder, model, tokenizer=None, image_converter=None):
     """Writes `model` (and optional preprocessing) to `folder` in keras-hub's preset layout."""
-    saver = preset_utils.get_preset_saver(os.fspath(folder))
-    saver.save_backbone(model)
+    folder = os.fspath(folder)
+    preset_utils.get_preset_saver(folder).save_backbone(model)
     if tokenizer is not None:
-        saver.save_tokenizer(tokenizer)
+        tokenizer.save_to_preset(folder)
     if image_converter is not None:
-        saver.save_image_converter(image_converter)
+        image_converter.save_to_preset(folder)
 
 
 def _keras_hub_siglip_presets():
     """keras-hub's own built-in SigLIP / SigLIP 2 names, read through as a fallback."""
-    import keras_hub
+    keras_hub = require("keras_hub", purpose="keras-hub's SigLIP presets")
 
     return keras_hub.models.SigLIPBackbone.presets
 

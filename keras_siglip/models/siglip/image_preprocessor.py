@@ -1,15 +1,16 @@
 """`SigLIPImagePreprocessor`: image files or pixels to the model's [-1, 1] input."""
 
 import keras
-from keras_hub.layers import ImageConverter
-from keras_hub.src.utils.tensor_utils import preprocessing_function
 
-from keras_siglip.models.siglip.siglip_model import SigLIP
+from keras_siglip.extras import require
 
-try:
-    import tensorflow as tf
-except ImportError:  # the model and losses work without it; preprocessing does not
-    tf = None
+# The model and losses work without these; preprocessing does not (ImportError naming the extra).
+tf, keras_hub = require("tensorflow", "keras_hub", purpose="SigLIPImagePreprocessor")
+
+from keras_siglip.models.siglip.siglip_model import SigLIP  # noqa: E402
+from keras_siglip.models.siglip.tf_preprocessing import preprocessing_function  # noqa: E402
+
+ImageConverter = keras_hub.layers.ImageConverter
 
 
 def _as_size(image_size):
@@ -90,10 +91,6 @@ class SigLIPImagePreprocessor(ImageConverter):
         jpeg_dct_method="",
         **kwargs,
     ):
-        if tf is None:
-            raise ImportError(
-                "SigLIPImagePreprocessor needs tensorflow (`pip install keras_siglip` installs it)."
-            )
         size = _as_size(image_size)
         if jpeg_dct_method not in ("", "INTEGER_FAST", "INTEGER_ACCURATE"):
             raise ValueError(

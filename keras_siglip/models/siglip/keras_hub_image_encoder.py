@@ -6,11 +6,13 @@ optionally projected to the text tower's width.
 """
 
 import keras
-import keras_hub
 from keras import ops
 
+from keras_siglip.extras import require
 from keras_siglip.models.siglip.towers import validate_images
 from keras_siglip.models.siglip.layers import MAPPooling
+
+keras_hub = require("keras_hub", purpose="KerasHubImageEncoder")
 
 POOLINGS = ("first", "gap", "map")
 

@@ -3,15 +3,16 @@
 import string
 
 import keras
-from keras_hub.src.utils.tensor_utils import preprocessing_function
-from keras_hub.tokenizers import SentencePieceTokenizer
 
-from keras_siglip.models.siglip.siglip_model import SigLIP
+from keras_siglip.extras import require
 
-try:
-    import tensorflow as tf
-except ImportError:  # the model and losses work without it; tokenizing does not
-    tf = None
+# The model and losses work without these; tokenizing does not (ImportError naming the extra).
+tf, _, keras_hub = require("tensorflow", "tensorflow_text", "keras_hub", purpose="SigLIPTokenizer")
+
+from keras_siglip.models.siglip.siglip_model import SigLIP  # noqa: E402
+from keras_siglip.models.siglip.tf_preprocessing import preprocessing_function  # noqa: E402
+
+SentencePieceTokenizer = keras_hub.tokenizers.SentencePieceTokenizer
 
 LOWERCASE_MODES = ("ascii", "unicode")
 
@@ -104,10 +105,6 @@ class SigLIPTokenizer(SentencePieceTokenizer):
         pad_id=None,
         **kwargs,
     ):
-        if tf is None:
-            raise ImportError(
-                "SigLIPTokenizer needs tensorflow and tensorflow-text (`pip install keras_siglip` installs them)."
-            )
         if not isinstance(sequence_length, int) or isinstance(sequence_length, bool) or sequence_length < 1:
             raise ValueError(
                 f"`sequence_length` must be a positive int; got {sequence_length!r}."
