@@ -13,8 +13,8 @@ inside a compiled training step. Each backend gets that here:
   `torch.compile`d steps cannot raise on values, so `guard_step_function`
   checks each batch on the host before it enters the compiled step.
 
-It also holds the one `torch.compile` of an encoder block (`torch_compiled`)
-that `SigLIP` uses for `jit_compile=True` on PyTorch.
+It also holds the one `torch.compile` of the encoder blocks (`torch_compiled`)
+that `jit_compile=True` uses on PyTorch.
 """
 
 import re
@@ -363,7 +363,9 @@ _TORCH_COMPILED = {}
 def torch_compiled(function):
     """One `torch.compile(function)` per process, so its cache serves every caller.
 
-    Shapes are static: a new input shape (say, a last smaller batch) compiles
+    `EncoderBlock.call` compiles the unbound `EncoderBlock.forward_impl` and
+    passes the block: its weights are graph inputs, so one graph serves every
+    block of the same kind and input shape. Shapes are static: a new input shape (say, a last smaller batch) compiles
     once more, up to torch's recompile limit, after which that call runs eagerly.
     """
     if function not in _TORCH_COMPILED:
