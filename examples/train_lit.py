@@ -14,7 +14,7 @@ from absl import app, flags
 
 flags.DEFINE_string("pretrained", None, "Preset whose image tower is locked; default: pretrain one here.")
 flags.DEFINE_integer("pretrain_steps", 300, "Steps of the SigLIP run that makes the image tower.")
-# Prefixed: keras_siglip.train, used below, defines the plain names.
+# Prefixed, to stay clear of the main job's flag names (`python -m keras_siglip.train --helpfull`).
 flags.DEFINE_integer("lit_steps", 300, "SigLiT text-tower training steps.")
 flags.DEFINE_integer("lit_batch_size", 64, "Pairs per SigLiT step.")
 flags.DEFINE_string("lit_workdir", "siglit_example", "Output folder.")

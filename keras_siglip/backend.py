@@ -1,168 +1,34 @@
 """The one place where keras_siglip asks which Keras backend is active.
 
-Everything else is written with `keras.ops`. Two things cannot be: checking the
-*values* of an input (a token id outside the vocabulary would otherwise be clamped
-silently by JAX and GPU gathers) and turning such a failure into a `ValueError`
-inside a compiled training step. Each backend gets that here:
-
-- eager tensors (PyTorch, eager TensorFlow, NumPy, concrete JAX arrays) are
-  checked on the host, directly;
-- TensorFlow graphs get an assertion op whose failure `guard_step_function`
-  turns back into a `ValueError`;
-- JAX traces, XLA-compiled TensorFlow steps (XLA drops assertions) and
-  `torch.compile`d steps cannot raise on values, so `guard_step_function`
-  checks each batch on the host before it enters the compiled step.
-
-It also holds the one `torch.compile` of the encoder blocks (`torch_compiled`)
-that `jit_compile=True` uses on PyTorch.
+Everything else is written with `keras.ops`. What cannot be lives here, behind
+small functions chosen once by `BACKEND`: making a TensorFlow step's updates
+wait for its batch (`updates_wait_for`), the pieces of the blockwise and ring
+losses that differ between backends, the host's place in a multi-host job, and
+the one `torch.compile` that `jit_compile=True` uses on PyTorch.
 """
 
-import re
+import contextlib
 
 import keras
-import numpy as np
 
 BACKEND = keras.backend.backend()
-_ERROR_MARK = "keras_siglip input error: "
 
 
-def is_concrete(x):
-    """True when `x`'s values can be read now (not a trace or a graph tensor)."""
-    if isinstance(x, (np.ndarray, np.generic, int, float)):
-        return True
-    if isinstance(x, keras.KerasTensor):
-        return False
-    if BACKEND == "jax":
-        import jax
+def updates_wait_for(data, xla=False):
+    """A context in which every state update of a training step waits for `data`.
 
-        if isinstance(x, jax.core.Tracer):
-            return False
-        # In a multi-process job a global batch lies partly on other hosts.
-        return not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        return tf.executing_eagerly() and hasattr(x, "numpy")
-    if BACKEND == "torch":
-        import torch
-
-        if torch.compiler.is_compiling():
-            return False
-        return not (isinstance(x, torch.Tensor) and x.device.type == "meta")
-    return True
-
-
-def check(condition, message, *tensors):
-    """Raise `ValueError(message)` when `condition` (a bool or a scalar tensor) fails.
-
-    Returns `tensors` unchanged; in a TensorFlow graph they come back tied to
-    an assertion so the check runs before anything that consumes them.
+    TensorFlow fetches a batch inside the step function, and ops that do not
+    read the batch (weight decay, the iteration counter) could otherwise run
+    even when fetching it fails: a batch refused by its input check (or the
+    end of a dataset of unknown length) would still step the optimizer. An
+    XLA-compiled step takes the batch as an input of one compiled call, so it
+    needs nothing; other backends fetch batches outside the step.
     """
-    if isinstance(condition, (bool, np.bool_)):
-        if not condition:
-            raise ValueError(message)
-        return tensors
-    if is_concrete(condition):
-        if not bool(keras.ops.convert_to_numpy(condition)):
-            raise ValueError(message)
-        return tensors
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
+    if BACKEND != "tensorflow" or xla:
+        return contextlib.nullcontext()
+    import tensorflow as tf
 
-        with tf.control_dependencies([tf.debugging.Assert(condition, [_ERROR_MARK + message])]):
-            return tuple(tf.identity(t) for t in tensors)
-    # A JAX trace: the host-side check in `guard_step_function` covers it.
-    return tensors
-
-
-def _restore_jax_state(state, variable_lists):
-    for variables, values in zip(variable_lists, state):
-        for variable, value in zip(variables, values):
-            try:
-                variable.assign(value)
-            except Exception:  # a buffer already donated to a finished step
-                pass
-
-
-class _CheckedIterator:
-    def __init__(self, iterator, check_batch):
-        self._iterator = iterator
-        self._check_batch = check_batch
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        data = next(self._iterator)
-        self._check_batch(data)
-        return data
-
-
-def guard_step_function(step_function, check_batch, state_variables, compiled=False, steps_per_execution=lambda: 1):
-    """Wraps a Keras train/test/predict function so bad inputs raise `ValueError`.
-
-    Args:
-        step_function: what `Model.make_*_function` stored.
-        check_batch: `check_batch(data)` validates one batch `(x, y, sample_weight)`
-            whose values are on the host.
-        state_variables: returns the lists of variables that a JAX step's
-            `state` tuple holds, in order.
-        compiled: bool. The step is compiled (`jit_compile=True`: XLA on
-            TensorFlow drops assertion ops; on PyTorch the encoder blocks are
-            `torch.compile`d, so batches are checked on the host as well).
-        steps_per_execution: returns how many batches one call consumes.
-    """
-    if step_function is None or getattr(step_function, "_keras_siglip_guarded", False):
-        return step_function
-    if BACKEND == "jax":
-
-        def guarded(state, iterator):
-            try:
-                return step_function(state, _CheckedIterator(iter(iterator), check_batch))
-            except ValueError:
-                # Keras's JAX loops move the variables' values into `state` before
-                # the step; put them back so a rejected batch loses nothing.
-                _restore_jax_state(state, state_variables())
-                raise
-
-    elif BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        def checked_batches(iterator):
-            # XLA drops assertion ops, so a compiled step is given a list of
-            # batches already checked on the host (Keras's loops take any iterable).
-            if not compiled or isinstance(iterator, tf.distribute.DistributedIterator):
-                return iterator
-            batches = []
-            for batch in iterator:
-                check_batch(batch)
-                batches.append(batch)
-                if len(batches) == steps_per_execution():
-                    break
-            if not batches:
-                raise StopIteration
-            return batches
-
-        def guarded(iterator, *args, **kwargs):
-            try:
-                return step_function(checked_batches(iterator), *args, **kwargs)
-            except tf.errors.InvalidArgumentError as error:
-                found = re.search(re.escape(_ERROR_MARK) + r"(.*?)(?:\]|\n|$)", error.message)
-                if found is None:
-                    raise
-                raise ValueError(found.group(1).strip()) from None
-
-    elif BACKEND == "torch" and compiled:
-
-        def guarded(data):
-            for batch in data:  # Keras's PyTorch loops pass a list of batches
-                check_batch(batch)
-            return step_function(data)
-
-    else:  # Eager PyTorch and NumPy steps: the model's own checks raise.
-        return step_function
-    guarded._keras_siglip_guarded = True
-    return guarded
+    return tf.control_dependencies([t for t in tf.nest.flatten(data) if isinstance(t, tf.Tensor)])
 
 
 # ---------------------------------------------------------------------------
@@ -255,6 +121,7 @@ def add_rows(buffer, start, rows):
         return buffer
     current = keras.ops.slice(buffer, [start, 0], keras.ops.shape(rows))
     return keras.ops.slice_update(buffer, [start, 0], current + rows)
+
 
 
 class BatchAxis:

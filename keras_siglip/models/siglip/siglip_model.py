@@ -1,15 +1,18 @@
 """`SigLIP`: an image tower, a text tower, a learnable temperature and bias."""
 
+import contextlib
 import math
 import re
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_siglip import backend
 from keras_siglip.models.siglip.towers import ImageEncoder, TextEncoder
-from keras_siglip.models.siglip.layers.encoder_block import EncoderBlock, encoder_block
+from keras_siglip.models.siglip.layers.encoder_block import compile_encoder_blocks
 from keras_siglip.losses import SigmoidLoss
+from keras_siglip.models.siglip.input_checks import BatchChecker, error_from_tensorflow
 from keras_siglip.optimizers import MultipliedLearningRateAdamW
 
 
@@ -150,13 +153,25 @@ class SigLIP(keras.Model):
     # -- forward ---------------------------------------------------------
 
     def encode_images(self, images, training=None):
-        """L2-normalised float32 image embeddings `(B, dim)`."""
+        """L2-normalised float32 image embeddings `(B, dim)`.
+
+        NumPy images are checked for NaN and infinite values first (they are
+        on the host already); tensors are not read.
+        """
+        if isinstance(images, np.ndarray):
+            self.batch_checker.check({"images": images})
         if self.lock_image_tower:
             training = False  # a locked tower always runs in inference mode
         return l2_normalize(self.image_encoder(images, training=training))
 
     def encode_texts(self, token_ids, training=None):
-        """L2-normalised float32 text embeddings `(B, dim)`."""
+        """L2-normalised float32 text embeddings `(B, dim)`.
+
+        NumPy token ids are checked against the vocabulary first (they are on
+        the host already); tensors are not read.
+        """
+        if isinstance(token_ids, np.ndarray):
+            self.batch_checker.check({"token_ids": token_ids})
         return l2_normalize(self.text_encoder(token_ids, training=training))
 
     def call(self, inputs, training=None):
@@ -171,9 +186,12 @@ class SigLIP(keras.Model):
         }
 
     def validate_inputs(self, inputs):
-        """Checks an input dict; returns `(images, token_ids)` or raises `ValueError`.
+        """Checks an input dict's keys, shapes and dtypes; returns `(images, token_ids)` or raises `ValueError`.
 
-        With a locked image tower, `"image_embeddings"` may replace `"images"`;
+        Only what is known when the forward pass is traced is checked here:
+        the values (token ids inside the vocabulary, finite pixels) are
+        checked where batches enter `fit`, `evaluate` and `predict`
+        (`batch_checker`), never inside the forward pass. With a locked image tower, `"image_embeddings"` may replace `"images"`;
         it then comes back in the `images` slot.
         """
         image_keys = ("images", "image_embeddings") if self.lock_image_tower else ("images",)
@@ -188,19 +206,10 @@ class SigLIP(keras.Model):
             images = self.image_encoder.validate_inputs(inputs["images"])
         token_ids = self.text_encoder.validate_inputs(inputs["token_ids"])
         image_batch, text_batch = images.shape[0], token_ids.shape[0]
-        if None not in (image_batch, text_batch):
-            if image_batch != text_batch:
-                raise ValueError(
-                    "SigLIP needs one caption per image: got a batch of "
-                    f"{image_batch} images and {text_batch} token sequences."
-                )
-        else:
-            images, token_ids = backend.check(
-                ops.equal(ops.shape(images)[0], ops.shape(token_ids)[0]),
-                "SigLIP needs one caption per image: the batch sizes of images and "
-                "token_ids differ.",
-                images,
-                token_ids,
+        if None not in (image_batch, text_batch) and image_batch != text_batch:
+            raise ValueError(
+                "SigLIP needs one caption per image: got a batch of "
+                f"{image_batch} images and {text_batch} token sequences."
             )
         return images, token_ids
 
@@ -243,6 +252,11 @@ class SigLIP(keras.Model):
         has weight decay, only kernels are decayed: never biases, norms,
         embeddings, the MAP probe, the temperature or the bias. `loss="auto"` is
         `SigmoidLoss()`; pass `SoftmaxLoss()` for the CLIP baseline.
+
+        `jit_compile=True` on PyTorch compiles each encoder block with
+        `torch.compile` (one graph serves every block of a tower) and runs the
+        rest of the step eagerly; on JAX and TensorFlow XLA compiles the whole
+        step, as Keras does by default.
 
         `image_tower_learning_rate_multiplier` (for example 0.1) is the paper's
         unlocked LiT variant: a pretrained image tower that trains at that
@@ -291,6 +305,13 @@ class SigLIP(keras.Model):
                     if not is_weight_decayed(v) or multiplied(v) != 1.0
                 ]
             )
+        # On PyTorch, `jit_compile=True` compiles each encoder block rather than
+        # the whole step: Keras's whole-step torch.compile recompiles again and
+        # again through its layer machinery.
+        self.compiles_encoder_blocks = backend.BACKEND == "torch" and kwargs.get("jit_compile") is True
+        compile_encoder_blocks(self, jit_compile=self.compiles_encoder_blocks)
+        if self.compiles_encoder_blocks:
+            kwargs["jit_compile"] = False
         # Keras's own loss container cannot route our dict; keeping it empty also
         # spares train_on_batch a symbolic rebuild per call.
         super().compile(optimizer=optimizer, loss=None, **kwargs)
@@ -300,6 +321,8 @@ class SigLIP(keras.Model):
         config = super().get_compile_config()
         if config:  # {} when never compiled: nothing to re-compile on load
             config["loss"] = keras.saving.serialize_keras_object(self.loss)
+            if getattr(self, "compiles_encoder_blocks", False):
+                config["jit_compile"] = True
         return config
 
     def compile_from_config(self, config):
@@ -326,81 +349,96 @@ class SigLIP(keras.Model):
             loss = loss + ops.sum(self.losses)
         return loss
 
-    def _check_paired_arrays(self, x):
-        """Catches mismatched array lengths before Keras's data adapter does (cryptically)."""
-        if isinstance(x, dict) and all(hasattr(v, "shape") for v in x.values()):
-            lengths = {key: value.shape[0] for key, value in x.items() if len(value.shape)}
-            if len(set(lengths.values())) > 1:
-                raise ValueError(
-                    f"SigLIP needs one caption per image; got arrays of different lengths {lengths}."
-                )
+    # -- where batches enter ---------------------------------------------------
+    # Values are checked here, on the host, once per batch (see input_checks.py);
+    # the forward pass checks only what is known when it is traced.
 
-    def fit(self, x=None, *args, **kwargs):
-        self._check_paired_arrays(x)
-        return super().fit(x, *args, **kwargs)
+    @property
+    def batch_checker(self):
+        """The `BatchChecker` that `fit`, `evaluate` and `predict` run on every batch."""
+        image_keys = ("images", "image_embeddings") if self.lock_image_tower else ("images",)
+        return BatchChecker(self.text_encoder.vocabulary_size, image_keys)
+
+    def _checked(self, x):
+        group_size = self.steps_per_execution
+        self._stream_checker = checker = self.batch_checker
+        checked = checker.checked(x, group_size=group_size, on_refused=self._stop_at_refused_batch)
+        if backend.BACKEND == "jax":
+            # Plus one: on accelerators Keras reads one batch ahead.
+            checker.check_first_batches(x, group_size + 1)
+        return checked
+
+    def _stop_at_refused_batch(self):
+        self.stop_training = True
+
+    def fit(self, x=None, *args, validation_data=None, **kwargs):
+        validation_checker = self.batch_checker
+        if validation_data is not None and not isinstance(validation_data, tuple):
+            validation_data = validation_checker.checked(validation_data, on_refused=self._stop_at_refused_batch)
+        with self._bad_batches_refused():
+            history = super().fit(self._checked(x), *args, validation_data=validation_data, **kwargs)
+        self._raise_if_refused()
+        if getattr(validation_checker, "refused", None) is not None:
+            raise validation_checker.refused
+        return history
 
     def evaluate(self, x=None, *args, **kwargs):
-        self._check_paired_arrays(x)
-        return super().evaluate(x, *args, **kwargs)
+        with self._bad_batches_refused():
+            results = super().evaluate(self._checked(x), *args, **kwargs)
+        self._raise_if_refused()
+        return results
 
     def predict(self, x, *args, **kwargs):
-        self._check_paired_arrays(x)
-        return super().predict(x, *args, **kwargs)
+        with self._bad_batches_refused():
+            outputs = super().predict(self._checked(x), *args, **kwargs)
+        self._raise_if_refused()
+        return outputs
 
-    def _check_batch(self, data):
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        self.validate_inputs(x)
+    def _raise_if_refused(self):
+        refused, self._stream_checker.refused = self._stream_checker.refused, None
+        if refused is not None:
+            raise refused
 
-    def _state_variables(self, kind):
-        """The variable lists that a JAX step function's `state` holds, in order."""
-        lists = [self.trainable_variables, self.non_trainable_variables]
-        if kind == "train":
-            lists.append(self.optimizer.variables)
-        if kind in ("train", "test"):
-            lists.append(self.metrics_variables)
-        return lists
+    def train_on_batch(self, x=None, *args, **kwargs):
+        with self._bad_batches_refused():
+            return super().train_on_batch(self.batch_checker.check(x), *args, **kwargs)
 
-    def _guarded(self, step_function, kind):
-        return backend.guard_step_function(
-            step_function,
-            self._check_batch,
-            lambda: self._state_variables(kind),
-            compiled=self.jit_compile is True,
-            steps_per_execution=lambda: self.steps_per_execution,
-        )
+    def test_on_batch(self, x=None, *args, **kwargs):
+        with self._bad_batches_refused():
+            return super().test_on_batch(self.batch_checker.check(x), *args, **kwargs)
 
-    def _should_torch_compile(self):
-        # Keras would torch.compile the whole step, which its layer machinery makes
-        # recompile again and again; `jit_compile=True` compiles the encoder blocks
-        # instead (`_compile_encoder_blocks`), and the rest of the step runs eagerly.
-        return False
+    def predict_on_batch(self, x):
+        with self._bad_batches_refused():
+            return super().predict_on_batch(self.batch_checker.check(x))
 
-    def _compile_encoder_blocks(self):
-        """On PyTorch with `jit_compile=True`, each encoder block runs as one compiled function."""
-        compiled = None
-        if backend.BACKEND == "torch" and self.jit_compile is True:
-            compiled = backend.torch_compiled(encoder_block)
-        for layer in self._flatten_layers(include_self=False):
-            if isinstance(layer, EncoderBlock):
-                layer.compiled_forward = compiled
+    def train_step(self, *args):
+        # TensorFlow fetches a batch inside the step; this makes every update of
+        # the step wait for the batch, so a batch that fails its check changes nothing.
+        with backend.updates_wait_for(args[-1], xla=self.jit_compile is True):
+            return super().train_step(*args)
 
-    def make_train_function(self, force=False):
-        self._compile_encoder_blocks()
-        super().make_train_function(force)
-        self.train_function = self._guarded(self.train_function, "train")
-        return self.train_function
+    def test_step(self, *args):
+        with backend.updates_wait_for(args[-1], xla=self.jit_compile is True):
+            return super().test_step(*args)
 
-    def make_test_function(self, force=False):
-        self._compile_encoder_blocks()
-        super().make_test_function(force)
-        self.test_function = self._guarded(self.test_function, "test")
-        return self.test_function
-
-    def make_predict_function(self, force=False):
-        self._compile_encoder_blocks()
-        super().make_predict_function(force)
-        self.predict_function = self._guarded(self.predict_function, "predict")
-        return self.predict_function
+    @contextlib.contextmanager
+    def _bad_batches_refused(self):
+        """Turns our checks' TensorFlow errors into `ValueError`; keeps a JAX model's state readable."""
+        try:
+            yield
+        except Exception as error:
+            if backend.BACKEND == "jax":
+                # Keras's JAX loops keep the newest state outside the variables
+                # until the loop ends; an exception would leave them pointing at
+                # buffers the compiled step has consumed.
+                try:
+                    self.jax_state_sync()
+                except Exception as sync_error:
+                    error.add_note(f"Restoring the model's state after this error failed too: {sync_error!r}")
+            converted = error_from_tensorflow(error)  # a tf.data pipeline runs on every backend
+            if converted is not None:
+                raise converted from None
+            raise
 
     # -- serialisation ------------------------------------------------------
 

@@ -9,7 +9,6 @@ import math
 import keras
 from keras import ops
 
-from keras_siglip import backend
 from keras_siglip.models.siglip.layers import EncoderBlock, MAPPooling, PatchEmbedding
 
 # width / depth / MLP width / heads, as in big_vision's ViT variants.
@@ -315,7 +314,12 @@ class TextEncoder(_Encoder):
         self._build_blocks_and_head(token_shape, (None, self.width), {"last": -1, "first": 0}.get(self.pooling))
 
     def validate_inputs(self, token_ids):
-        """Checks shape, dtype and range of token ids; raises `ValueError` naming the problem."""
+        """Checks the rank, length and dtype of token ids; raises `ValueError` naming the problem.
+
+        Their values are checked where batches enter `SigLIP.fit` / `evaluate` /
+        `predict` (`keras_siglip.models.siglip.input_checks`), not here: reading
+        them in the forward pass would copy them from the accelerator every step.
+        """
         shape = tuple(token_ids.shape)
         if len(shape) != 2:
             raise ValueError(
@@ -330,22 +334,6 @@ class TextEncoder(_Encoder):
         dtype = keras.backend.standardize_dtype(token_ids.dtype)
         if "int" not in dtype:
             raise ValueError(f"{self.name} expects integer token ids; got dtype {dtype}.")
-        vocabulary = self.vocabulary_size
-        if backend.is_concrete(token_ids):
-            values = keras.ops.convert_to_numpy(token_ids)
-            if values.size and (values.min() < 0 or values.max() >= vocabulary):
-                bad = values[(values < 0) | (values >= vocabulary)]
-                raise ValueError(
-                    f"{self.name}: token ids must lie in [0, vocabulary_size={vocabulary}); "
-                    f"found {bad.size} outside, e.g. {bad[:5].tolist()}."
-                )
-            return token_ids
-        in_range = ops.logical_and(ops.all(token_ids >= 0), ops.all(token_ids < vocabulary))
-        (token_ids,) = backend.check(
-            in_range,
-            f"{self.name}: token ids must lie in [0, vocabulary_size={vocabulary}).",
-            token_ids,
-        )
         return token_ids
 
     def call(self, token_ids, training=None):

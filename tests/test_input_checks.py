@@ -1,0 +1,196 @@
+"""Bad batches are refused where they enter fit / evaluate / predict, and change nothing."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import TINY, random_pairs, tiny_siglip
+
+from keras_siglip.models.siglip.input_checks import BatchChecker
+
+BACKEND = keras.backend.backend()
+BAD_ID = r"token ids must lie in \[0, vocabulary_size=64\)"
+
+
+def state_of(model):
+    """Every variable of the model and its optimizer, read back as NumPy (fails on a deleted buffer)."""
+    variables = model.variables + model.optimizer.variables
+    return {v.path: np.array(keras.ops.convert_to_numpy(v)) for v in variables}
+
+
+def steps(model, state):
+    return int(state[model.optimizer.iterations.path])
+
+
+def assert_same_state(before, after):
+    assert before.keys() == after.keys()
+    changed = [path for path in before if not np.array_equal(before[path], after[path])]
+    assert not changed, f"a rejected batch changed {changed[:5]}"
+
+
+def bad_pairs(batch_size=8, bad_row=5):
+    data = random_pairs(batch_size, seed=1)
+    data["token_ids"][bad_row, 2] = TINY["vocabulary_size"]
+    return data
+
+
+def as_tf_dataset(data, batch_size):
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
+
+
+def as_generator(data, batch_size):
+    for start in range(0, len(data["images"]), batch_size):
+        yield ({key: value[start : start + batch_size] for key, value in data.items()},)
+
+
+class PairsDataset(keras.utils.PyDataset):
+    def __init__(self, data, batch_size):
+        super().__init__()
+        self.data, self.batch_size = data, batch_size
+
+    def __len__(self):
+        return len(self.data["images"]) // self.batch_size
+
+    def __getitem__(self, index):
+        rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return {key: value[rows] for key, value in self.data.items()}
+
+
+SOURCES = {
+    "arrays": lambda data, batch_size: data,
+    "tf.data": as_tf_dataset,
+    "generator": as_generator,
+    "PyDataset": PairsDataset,
+}
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+@pytest.mark.parametrize("jit_compile", ["auto", False])
+def test_a_rejected_batch_changes_nothing_and_the_model_trains_on(source, jit_compile):
+    if source == "tf.data" and BACKEND == "torch":
+        pytest.importorskip("tensorflow")
+    model = tiny_siglip()
+    model.compile(jit_compile=jit_compile)
+    model.fit(random_pairs(8), batch_size=4, verbose=0)  # the optimizer has slots and a step count
+    before = state_of(model)
+    batches = SOURCES[source](bad_pairs(), 4)  # the second batch holds the bad id
+    with pytest.raises(ValueError, match=BAD_ID):
+        kwargs = {"batch_size": 4} if source == "arrays" else {}
+        model.fit(batches, verbose=0, **kwargs)
+    after = state_of(model)
+    # Arrays are checked whole, before the first step; a stream may have
+    # trained on its first, good batch (or have been checked ahead of it).
+    assert steps(model, after) in (steps(model, before), steps(model, before) + 1)
+    if source == "arrays" or steps(model, after) == steps(model, before):
+        assert_same_state(before, after)
+    history = model.fit(random_pairs(8, seed=2), batch_size=4, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_a_bad_batch_late_in_the_stream_stops_training_there(source):
+    model = tiny_siglip()
+    model.compile()
+    data = bad_pairs(batch_size=16, bad_row=13)  # batches 0-2 are good, batch 3 is not
+    reference = tiny_siglip()
+    reference.set_weights(model.get_weights())
+    reference.compile()
+    with pytest.raises(ValueError, match=BAD_ID):
+        model.fit(SOURCES[source](data, 4), verbose=0, **({"batch_size": 4} if source == "arrays" else {}))
+    trained = state_of(model)  # readable, whatever the backend
+    if source == "PyDataset":  # Keras reads a PyDataset ahead: the error may come before the good batches ran
+        assert steps(model, trained) <= 3
+    elif source != "arrays":  # the three good batches trained, exactly as alone
+        good = {key: value[:12] for key, value in data.items()}
+        reference.fit(good, batch_size=4, shuffle=False, verbose=0)
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(model.bias), keras.ops.convert_to_numpy(reference.bias), rtol=1e-6
+        )
+        assert steps(model, trained) == 3
+    else:
+        assert steps(model, trained) == 0
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="steps_per_execution groups steps on JAX and TensorFlow")
+@pytest.mark.parametrize("source", ["arrays", "generator"])
+def test_a_group_of_steps_with_a_bad_batch_runs_no_step(source):
+    model = tiny_siglip()
+    model.compile(steps_per_execution=2)
+    model.fit(random_pairs(8), batch_size=4, verbose=0)
+    before = state_of(model)
+    with pytest.raises(ValueError, match=BAD_ID):
+        model.fit(SOURCES[source](bad_pairs(), 4), verbose=0, **({"batch_size": 4} if source == "arrays" else {}))
+    after = state_of(model)
+    if BACKEND == "jax" or source == "arrays":
+        assert_same_state(before, after)
+    else:  # TensorFlow fetches the group's batches one by one inside its loop
+        assert steps(model, after) <= steps(model, before) + 1
+    model.fit(random_pairs(8, seed=2), batch_size=4, verbose=0)
+
+
+def test_evaluate_predict_and_on_batch_calls_refuse_bad_batches():
+    model = tiny_siglip()
+    model.compile()
+    model.fit(random_pairs(4), batch_size=4, verbose=0)
+    before = state_of(model)
+    data = bad_pairs()
+    for run in (
+        lambda: model.evaluate(data, batch_size=4, verbose=0),
+        lambda: model.predict(data, batch_size=4, verbose=0),
+        lambda: model.train_on_batch(data),
+        lambda: model.test_on_batch(data),
+        lambda: model.predict_on_batch(data),
+        lambda: model.evaluate(as_generator(data, 4), verbose=0),
+        lambda: model.fit(random_pairs(8), validation_data=bad_pairs(), batch_size=4, verbose=0),
+    ):
+        with pytest.raises(ValueError, match=BAD_ID):
+            run()
+    after = state_of(model)
+    changed = [p for p in before if not np.array_equal(before[p], after[p])]
+    assert all("adamw" in p or "siglip" in p or "encoder" in p for p in changed)  # only the validation fit trained
+    assert np.all(np.isfinite(model.predict(random_pairs(4), verbose=0)["text_embeddings"]))
+
+
+def test_non_finite_pixels_are_refused():
+    model = tiny_siglip()
+    model.compile()
+    data = random_pairs(4)
+    data["images"][1, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="images hold 1 NaN or infinite values"):
+        model.fit(data, batch_size=4, verbose=0)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        model.encode_images(data["images"])
+
+
+def test_the_checker_names_each_problem():
+    checker = BatchChecker(vocabulary_size=10)
+    images = np.zeros((2, 4, 4, 3), "float32")
+    with pytest.raises(ValueError, match=r"found 2 outside, e.g. \[-1, 12\]"):
+        checker.check({"images": images, "token_ids": np.array([[-1, 3], [12, 0]])})
+    with pytest.raises(ValueError, match=r"arrays of different lengths \{'images': 2, 'token_ids': 3\}"):
+        checker.check({"images": images, "token_ids": np.zeros((3, 2), "int32")})
+    # int64 ids past 2**32 would wrap to small ids in an int32 gather: refused while still int64.
+    with pytest.raises(ValueError, match="found 1 outside"):
+        checker.check({"images": images, "token_ids": np.array([[2**32 + 3], [1]], "int64")})
+    assert checker.check({"images": images, "token_ids": np.array([[9], [0]])})["token_ids"].shape == (2, 1)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="device-to-host copies are a PyTorch (and GPU) concern")
+def test_a_torch_forward_pass_copies_nothing_to_the_host(monkeypatch):
+    import torch
+
+    model = tiny_siglip()
+    data = {key: torch.as_tensor(value) for key, value in random_pairs(4).items()}
+    model(data)  # built and warm
+
+    def host_copy(*args, **kwargs):
+        raise AssertionError("the forward pass copied a tensor to the host")
+
+    for method in ("cpu", "numpy", "item", "tolist", "__bool__", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, method, host_copy)
+    monkeypatch.setattr(keras.ops, "convert_to_numpy", host_copy)
+    outputs = model(data)
+    model.compute_loss(data, y_pred=outputs)
+    monkeypatch.undo()
+    assert outputs["image_embeddings"].shape == (4, 32)
