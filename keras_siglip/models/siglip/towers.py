@@ -154,7 +154,7 @@ class ImageEncoder(_Encoder):
     Example:
     >>> import numpy as np
     >>> encoder = ImageEncoder.from_variant("tiny", image_size=32, patch_size=8)
-    >>> encoder(np.zeros((2, 32, 32, 3), "float32")).shape
+    >>> tuple(encoder(np.zeros((2, 32, 32, 3), "float32")).shape)
     (2, 32)
     """
 
@@ -262,7 +262,7 @@ class TextEncoder(_Encoder):
     Example:
     >>> import numpy as np
     >>> encoder = TextEncoder.from_variant("tiny", vocabulary_size=100, sequence_length=8)
-    >>> encoder(np.ones((2, 8), "int32")).shape
+    >>> tuple(encoder(np.ones((2, 8), "int32")).shape)
     (2, 32)
     """
 
