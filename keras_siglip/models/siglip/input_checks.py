@@ -22,6 +22,7 @@ construction. A failed check raises `ValueError` naming the problem; nothing of
 the model has changed by then.
 """
 
+import re
 import types
 
 import keras
@@ -128,6 +129,7 @@ class BatchChecker:
             for batch in x.take(count).as_numpy_iterator():
                 self._check_data(batch)
         elif isinstance(x, keras.utils.PyDataset):
+            count += x.max_queue_size  # Keras's workers read that far ahead
             for index in range(min(count, x.num_batches or count)):
                 self._check_data(x[index])
 
@@ -137,14 +139,16 @@ class BatchChecker:
         return data
 
     def _checked_stream(self, iterator, group_size, on_refused):
-        group = []
+        group, handed_on = [], False
         try:
             for data in iterator:
                 group.append(self._check_data(data))
                 if len(group) >= group_size:
                     yield from group
-                    group = []
+                    group, handed_on = [], True
         except ValueError as error:
+            if not handed_on:
+                raise  # Keras is still looking at the first batches: no step has run
             self.refused = error
             if on_refused is not None:
                 on_refused()
@@ -196,7 +200,12 @@ def error_from_tensorflow(error):
     message = getattr(error, "message", str(error))
     start = message.find(ERROR_MARK)
     if start < 0:
-        return None
+        # A check that ran in Python inside a TensorFlow pipeline (a PyDataset's
+        # or generator's batches): TensorFlow reports the ValueError as text.
+        if not type(error).__module__.startswith("tensorflow"):
+            return None
+        found = re.search(r"ValueError: (.*)", message)
+        return ValueError(found.group(1).strip()) if found else None
     text = message[start + len(ERROR_MARK) :].split("\n")[0]
     for end in ("]", " [[", "\t"):
         text = text.split(end)[0]
