@@ -66,7 +66,8 @@ SOURCES = {
 
 
 @pytest.mark.parametrize("source", sorted(SOURCES))
-@pytest.mark.parametrize("jit_compile", ["auto", False])
+# XLA or not changes how TensorFlow orders a step's updates; elsewhere one compiled step is enough.
+@pytest.mark.parametrize("jit_compile", ["auto", False] if BACKEND == "tensorflow" else ["auto"])
 def test_a_rejected_batch_changes_nothing_and_the_model_trains_on(source, jit_compile):
     if source == "tf.data" and BACKEND == "torch":
         pytest.importorskip("tensorflow")
