@@ -194,7 +194,7 @@ class SigLIP(keras.Model):
         (`batch_checker`), never inside the forward pass. With a locked image tower, `"image_embeddings"` may replace `"images"`;
         it then comes back in the `images` slot.
         """
-        image_keys = ("images", "image_embeddings") if self.lock_image_tower else ("images",)
+        image_keys = self.image_input_keys
         keys = set(inputs) if isinstance(inputs, dict) else None
         if keys is None or "token_ids" not in keys or len(keys) != 2 or not keys & set(image_keys):
             got = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
@@ -356,8 +356,12 @@ class SigLIP(keras.Model):
     @property
     def batch_checker(self):
         """The `BatchChecker` that `fit`, `evaluate` and `predict` run on every batch."""
-        image_keys = ("images", "image_embeddings") if self.lock_image_tower else ("images",)
-        return BatchChecker(self.text_encoder.vocabulary_size, image_keys)
+        return BatchChecker(self.text_encoder.vocabulary_size, self.image_input_keys)
+
+    @property
+    def image_input_keys(self):
+        """The input keys that may carry the images: also `"image_embeddings"` when the image tower is locked."""
+        return ("images", "image_embeddings") if self.lock_image_tower else ("images",)
 
     def _checked(self, x):
         group_size = self.steps_per_execution
@@ -373,7 +377,9 @@ class SigLIP(keras.Model):
 
     def fit(self, x=None, *args, validation_data=None, **kwargs):
         validation_checker = self.batch_checker
-        if validation_data is not None and not isinstance(validation_data, tuple):
+        if isinstance(validation_data, tuple):  # (x,) or (x, y) arrays
+            validation_data = (validation_checker.check(validation_data[0]),) + validation_data[1:]
+        elif validation_data is not None:
             validation_data = validation_checker.checked(validation_data, on_refused=self._stop_at_refused_batch)
         with self._bad_batches_refused():
             history = super().fit(self._checked(x), *args, validation_data=validation_data, **kwargs)
