@@ -3,13 +3,15 @@
 Everything else is written with `keras.ops`. What cannot be lives here, behind
 small functions chosen once by `BACKEND`: making a TensorFlow step's updates
 wait for its batch (`updates_wait_for`), the pieces of the blockwise and ring
-losses that differ between backends, the host's place in a multi-host job, and
+losses that differ between backends, the map over micro-batches, the host's place in a multi-host job, and
 the one `torch.compile` that `jit_compile=True` uses on PyTorch.
 """
 
+import collections
 import contextlib
 
 import keras
+from keras import ops
 
 BACKEND = keras.backend.backend()
 
@@ -124,13 +126,10 @@ def add_rows(buffer, start, rows):
 
 
 
-class BatchAxis:
-    """A mesh axis that splits the batch: `mesh` (the backend's), its `name`, its number of `devices`."""
-
-    def __init__(self, mesh, name, devices):
-        self.mesh = mesh
-        self.name = name
-        self.devices = devices
+# A mesh axis that splits the batch: `mesh` (the backend's), its `name`, its
+# number of `devices`. A namedtuple: TensorFlow's autograph, which converts the
+# losses traced in a tf.function, mis-converts the __init__ of a plain class.
+BatchAxis = collections.namedtuple("BatchAxis", ["mesh", "name", "devices"])
 
 
 def ring_batch_axis():
@@ -225,6 +224,18 @@ def process_index_and_count():
 
 
 _TORCH_COMPILED = {}
+
+
+def map_micro_batches(function, micro_batches):
+    """`function` applied to each slice `micro_batches[i]`, one after another, stacked.
+
+    `keras.ops.map` (`lax.map` on JAX, a loop on PyTorch), except on
+    TensorFlow, where `tf.recompute_grad` cannot differentiate Keras weights
+    from inside `tf.map_fn`'s while loop: there the micro-batches are unrolled.
+    """
+    if BACKEND == "tensorflow":
+        return ops.stack([function(micro_batches[i]) for i in range(micro_batches.shape[0])])
+    return ops.map(function, micro_batches)
 
 
 def torch_compiled(function):

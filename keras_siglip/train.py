@@ -54,6 +54,8 @@ SETTINGS = (
     Setting("sequence_length", "integer", 12, "Text tokens per caption."),
     Setting("loss", "enum", "sigmoid", "Contrastive loss.", ("sigmoid", "softmax")),
     Setting("batch_size", "integer", 64, "Pairs per step."),
+    Setting("micro_batch_size", "integer", None,
+            "Run the towers this many pairs at a time (exact full-batch gradients, less memory)."),
     Setting("steps", "integer", 600, "Training steps."),
     Setting("learning_rate", "float", 3e-3, "Peak learning rate (warmup, then cosine decay)."),
     Setting("warmup_steps", "integer", 100, "Linear warmup steps."),
@@ -243,6 +245,7 @@ def run(config):
         loss=SigmoidLoss() if config["loss"] == "sigmoid" else SoftmaxLoss(),
         learning_rate=learning_rate_schedule(config["learning_rate"], config["warmup_steps"], total_steps),
         weight_decay=config["weight_decay"],
+        micro_batch_size=config["micro_batch_size"],
     )
 
     prompts = next(iter(test.class_prompts.values()))

@@ -13,6 +13,16 @@ from keras_siglip import SigLIP
 TINY = dict(image_size=16, patch_size=4, vocabulary_size=64, sequence_length=8)
 
 
+def pytest_collection_modifyitems(config, items):
+    # tools/test_all.sh runs the suite once per backend: what does not depend on it runs once.
+    if keras.backend.backend() == "jax":
+        return
+    skip = pytest.mark.skip(reason="backend-independent: runs in the KERAS_BACKEND=jax run")
+    for item in items:
+        if item.get_closest_marker("backend_independent"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_keras_state():
     # Without Python's full garbage collection, which costs seconds per test on

@@ -41,6 +41,7 @@ print("HEAVY", sorted(m for m in %r if m in sys.modules))
 """ % (HEAVY,)
 
 
+@pytest.mark.backend_independent
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="needs the jax extra")
 def test_jax_import_build_and_fit_leave_tensorflow_keras_hub_and_torch_out():
     out = _run(_LIGHT)
@@ -77,6 +78,7 @@ print("model and embedded data: fine")
 """
 
 
+@pytest.mark.backend_independent
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="needs the jax extra")
 @pytest.mark.parametrize(
     "blocked, names, package",

@@ -44,8 +44,9 @@ def test_parameter_counts_match_the_released_models():
     for name, expected in approximately.items():
         assert abs(counts[name]["parameters"] - expected) < 0.5e6, name
     # keras-hub's metadata counts the same weights plus its stored position ids.
-    from keras_hub.src.models.siglip.siglip_presets import backbone_presets
+    from keras_hub.models import SigLIPBackbone
 
+    backbone_presets = SigLIPBackbone.presets
     for name in RELEASED:
         if name in backbone_presets:
             config = PRESETS[name]["config"]

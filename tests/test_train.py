@@ -20,7 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Every flag of `python -m keras_siglip.train` with its default: names and defaults are the interface.
 FLAG_DEFAULTS = dict(
     dataset="digits", languages="en", preset=None, variant=None, width=64, depth=2, num_heads=2, mlp_dim=128,
-    image_size=None, patch_size=4, sequence_length=12, loss="sigmoid", batch_size=64, steps=600,
+    image_size=None, patch_size=4, sequence_length=12, loss="sigmoid", batch_size=64, micro_batch_size=None, steps=600,
     learning_rate=3e-3, warmup_steps=100, weight_decay=1e-4, checkpoint_every=100, eval_every=200, seed=0,
     workdir="siglip_main_job", verbose=1, tensorboard=True,
 )  # fmt: skip
@@ -41,7 +41,7 @@ def _weights(path):
 def test_main_job_writes_every_output(tmp_path):
     from keras_siglip import presets
 
-    flags = dict(TINY_FLAGS, steps=4, checkpoint_every=2, eval_every=2, tensorboard=True)
+    flags = dict(TINY_FLAGS, steps=4, checkpoint_every=2, eval_every=2, tensorboard=True, micro_batch_size=8)
     config = train.default_config(**flags, workdir=str(tmp_path))
     results = train.run(config)
     for language_result in results["zero_shot"].values():
@@ -66,6 +66,7 @@ def test_unknown_settings_are_rejected():
         train.run(train.default_config(**TINY_FLAGS, steps=0, workdir="/nonexistent-never-written"))
 
 
+@pytest.mark.backend_independent
 def test_importing_the_job_defines_and_parses_no_flags():
     script = (
         "from absl import flags\n"

@@ -6,7 +6,7 @@ time, image-text pairs per second, achieved TFLOP/s from analytic FLOPs, MFU
 against `--peak_tflops`, and peak memory (device memory on a GPU, resident set
 size on the CPU).
 
-    # CPU, small configuration (the CPU target: keras_siglip >= 1.25x keras-hub on JAX)
+    # CPU, small configuration, beside keras-hub's SigLIPBackbone
     KERAS_BACKEND=jax python tools/benchmark_train.py
     # One GPU: SigLIP B/16-224, text length 64, vocabulary 32k, batch 256, bf16
     KERAS_BACKEND=jax python tools/benchmark_train.py --config=B16 --peak_tflops=989
@@ -30,7 +30,7 @@ CONFIGS = {
     # Small enough for two CPU cores; the shapes of a real model otherwise.
     "small": dict(width=256, depth=4, num_heads=4, mlp_dim=1024, image_size=64, patch_size=8,
                   sequence_length=16, vocabulary_size=8_000, batch_size=64, dtype="float32"),
-    # The peers' published setting (REFERENCE.md): B/16-224, text 64, vocab 32k, batch 256, bf16.
+    # The setting the peers publish figures for: B/16-224, text 64, vocab 32k, batch 256, bf16.
     "B16": dict(width=768, depth=12, num_heads=12, mlp_dim=3072, image_size=224, patch_size=16,
                 sequence_length=64, vocabulary_size=32_000, batch_size=256, dtype="mixed_bfloat16"),
 }

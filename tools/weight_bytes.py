@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 from keras_siglip import SigLIP, distribution  # noqa: E402
 
 CONFIGS = {
-    # name: (variant, from_variant arguments); REFERENCE.md section 2.
+    # name: (variant, from_variant arguments), the released models' shapes.
     "So400m/14-224": ("So400m", dict(image_size=224, patch_size=14, vocabulary_size=32_000, sequence_length=16)),
     "B/16-i18n-256": ("B", dict(image_size=256, patch_size=16, vocabulary_size=250_000, sequence_length=64)),
 }

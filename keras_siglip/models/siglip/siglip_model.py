@@ -13,6 +13,7 @@ from keras_siglip.models.siglip.towers import ImageEncoder, TextEncoder
 from keras_siglip.models.siglip.layers.encoder_block import compile_encoder_blocks
 from keras_siglip.losses import SigmoidLoss
 from keras_siglip.models.siglip.input_checks import BatchChecker, error_from_tensorflow
+from keras_siglip.models.siglip.micro_batches import check_micro_batch_size, encode_in_micro_batches
 from keras_siglip.optimizers import MultipliedLearningRateAdamW
 
 
@@ -88,6 +89,7 @@ class SigLIP(keras.Model):
         self.log_temperature_init = float(log_temperature_init)
         self.bias_init = float(bias_init)
         self.lock_image_tower = bool(lock_image_tower)
+        self.micro_batch_size = None  # set by compile()
         if self.lock_image_tower:
             self.image_encoder.trainable = False
         self.log_temperature = self.add_weight(
@@ -160,9 +162,7 @@ class SigLIP(keras.Model):
         """
         if isinstance(images, np.ndarray):
             self.batch_checker.check({"images": images})
-        if self.lock_image_tower:
-            training = False  # a locked tower always runs in inference mode
-        return l2_normalize(self.image_encoder(images, training=training))
+        return l2_normalize(self._run_tower(self.image_encoder, images, training))
 
     def encode_texts(self, token_ids, training=None):
         """L2-normalised float32 text embeddings `(B, dim)`.
@@ -172,7 +172,17 @@ class SigLIP(keras.Model):
         """
         if isinstance(token_ids, np.ndarray):
             self.batch_checker.check({"token_ids": token_ids})
-        return l2_normalize(self.text_encoder(token_ids, training=training))
+        return l2_normalize(self._run_tower(self.text_encoder, token_ids, training))
+
+    def _run_tower(self, tower, inputs, training):
+        locked = tower is self.image_encoder and self.lock_image_tower
+        tower_training = False if locked else training  # a locked tower always runs in inference mode
+        if training and self.micro_batch_size:
+            return encode_in_micro_batches(
+                lambda rows: tower(rows, training=tower_training), inputs, self.micro_batch_size,
+                rematerialise=not locked,
+            )
+        return tower(inputs, training=tower_training)
 
     def call(self, inputs, training=None):
         images, token_ids = self.validate_inputs(inputs)
@@ -241,6 +251,7 @@ class SigLIP(keras.Model):
         beta_2=0.95,
         global_clipnorm=1.0,
         image_tower_learning_rate_multiplier=None,
+        micro_batch_size=None,
         **kwargs,
     ):
         """Configures training with the paper's defaults.
@@ -262,7 +273,18 @@ class SigLIP(keras.Model):
         unlocked LiT variant: a pretrained image tower that trains at that
         fraction of the learning rate and without weight decay (needs
         `optimizer="auto"`).
+
+        `micro_batch_size=m` trains on batches of B pairs with the memory of m:
+        the towers run m pairs at a time and are recomputed in the backward
+        pass, while the loss sees all B embeddings, so the gradients (and the
+        one optimizer step per batch) are exactly those of the full batch, at
+        the price of one more forward pass (see
+        `keras_siglip.models.siglip.micro_batches`). B must be a multiple of
+        m. Unlike Keras's `gradient_accumulation_steps`, which averages
+        small-batch gradients and so shows each small batch only its own
+        negatives, this keeps the contrastive objective of the whole batch.
         """
+        micro_batch_size = check_micro_batch_size(micro_batch_size)
         image_paths = [v.path for v in self.image_encoder.trainable_variables]
         if image_tower_learning_rate_multiplier is not None:
             if optimizer != "auto":
@@ -296,6 +318,9 @@ class SigLIP(keras.Model):
                 f"keras_siglip.SigmoidLoss() or SoftmaxLoss(); got {loss!r}."
             )
         optimizer = keras.optimizers.get(optimizer)
+        if micro_batch_size:
+            self._check_micro_batching_supported(optimizer)
+        self.micro_batch_size = micro_batch_size
         if getattr(optimizer, "weight_decay", None) and hasattr(optimizer, "exclude_from_weight_decay"):
             multiplied = getattr(optimizer, "learning_rate_multiplier", lambda v: 1.0)
             optimizer.exclude_from_weight_decay(
@@ -323,7 +348,27 @@ class SigLIP(keras.Model):
             config["loss"] = keras.saving.serialize_keras_object(self.loss)
             if getattr(self, "compiles_encoder_blocks", False):
                 config["jit_compile"] = True
+            if self.micro_batch_size:
+                config["micro_batch_size"] = self.micro_batch_size
         return config
+
+    def _check_micro_batching_supported(self, optimizer):
+        if getattr(optimizer, "gradient_accumulation_steps", None):
+            raise ValueError(
+                "micro_batch_size already gives the whole batch's gradient; the optimizer's "
+                "gradient_accumulation_steps would average several batches' gradients on top of it "
+                "(each with only its own negatives). Use one or the other."
+            )
+        towers = [self.text_encoder] + ([] if self.lock_image_tower else [self.image_encoder])
+        batch_statistics = [  # BatchNormalization's running statistics
+            v.path for tower in towers for v in tower.variables if v.name in ("moving_mean", "moving_variance")
+        ]
+        if batch_statistics:
+            raise ValueError(
+                "micro_batch_size needs towers that treat every example independently; these "
+                f"weights are running batch statistics: {batch_statistics[:3]}. Freeze them or train without "
+                "micro-batches."
+            )
 
     def compile_from_config(self, config):
         """Re-compiles a loaded model with its saved optimizer and loss."""
