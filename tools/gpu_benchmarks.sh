@@ -13,7 +13,8 @@
 # table as it goes, so a part that runs out of time loses only itself. Parts
 # run in order of what they prove: JAX training speed (#9), the loss (#3),
 # PyTorch training speed, eager then compiled (#9), the largest batch per GPU (#9).
-# Parts' limits add up to 530 s.
+# Parts' limits add up to 680 s: with the micro-batch part, run it as two device calls if a lease is short
+# (the parts write their tables as they go).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-run}
@@ -48,11 +49,13 @@ if [ "$mode" = run ]; then
   max_batch=(--batch_sizes=768,1024 --remat=false)
   max_batch_remat=(--batch_sizes=2048,3072 --remat=true)
   torch_compile=(--torch_compile)
+  micro=(--config=B16 --micro_batch_size=256 --batch_sizes=256,32768 --full_batch_sizes=256 --steps=2)
 elif [ "$mode" = dry ]; then
   config=(--config=small)
   loss=(--batch-sizes 1024,4096 --no-ring --repeats 2 --min-time 0.5)
   max_batch=(--batch_sizes=32 --remat=false)
   max_batch_remat=(--batch_sizes=64 --remat=true)
+  micro=(--config=small --micro_batch_size=4 --batch_sizes=4,16 --steps=1)
   torch_compile=()  # inductor on two CPU cores would take longer than the part's limit
 else
   echo "usage: $0 fetch|run|dry" >&2
@@ -66,7 +69,7 @@ part() {  # part NAME SECONDS COMMAND...: runs one part under its limit, its out
   local start=$SECONDS
   timeout -k 5 "$seconds" "$@" 2>&1 | grep -vE '^(W|I)0000|WARNING: All log' | tee "$out/$name.txt"
   echo "=== $name: rc ${PIPESTATUS[0]} after $((SECONDS - start))s"
-  pkill -f 'tools/benchmark_(train|loss).py' 2>/dev/null  # workers of a part cut short
+  pkill -f 'tools/benchmark_(train|loss|micro_batches).py' 2>/dev/null  # workers of a part cut short
 }
 
 part train_jax 160 env KERAS_BACKEND=jax "$PYTHON" tools/benchmark_train.py "${config[@]}" --steps=10 --repeats=1
@@ -79,6 +82,8 @@ if [ ${#torch_compile[@]} -gt 0 ]; then
   part train_torch_compile 100 env KERAS_BACKEND=torch "$PYTHON" tools/benchmark_train.py "${config[@]}" --steps=10 \
     --repeats=1 --libraries=transformers,keras_siglip "${torch_compile[@]}"
 fi
+# The paper's batch on one GPU: B/16 at 32,768 pairs in micro-batches of 256, beside 256 without.
+part micro_batches 150 env KERAS_BACKEND=jax "$PYTHON" tools/benchmark_micro_batches.py "${micro[@]}"
 # The largest batch per 80 GB GPU: JAX may use 0.56 of an H200's 141 GB (79 GB).
 for remat in "" _remat; do
   flags="max_batch$remat[@]"
