@@ -163,3 +163,15 @@ def test_split_and_merge_are_inverse_and_strided():
     assert parts.shape == (3, 4, 2)
     np.testing.assert_array_equal(parts[0][:, 0], [0, 6, 12, 18])  # rows 0, 3, 6, 9
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(micro_batches.merge(parts)), x)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="jit_compile=True compiles encoder blocks on PyTorch")
+def test_compiled_encoder_blocks_on_pytorch(full_batch_run):
+    data, expected = full_batch_run
+    keras.utils.set_random_seed(0)
+    model = tiny_siglip()
+    model.compile(micro_batch_size=2, jit_compile=True)
+    assert model.compiles_encoder_blocks
+    for _ in range(3):
+        model.train_on_batch(data)
+    assert relative_error(flat_weights(model), expected[2]) < 1e-5

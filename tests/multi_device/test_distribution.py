@@ -59,14 +59,14 @@ def load_example():
     return module
 
 
-def fit_steps(strategy, initial_weights, data):
+def fit_steps(strategy, initial_weights, data, **compile_kwargs):
     """Losses of each step and the final weights (by path) of a tiny SigLIP."""
     example = load_example()
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = tiny_siglip()
         for variable in model.weights:
             variable.assign(initial_weights[variable.path])
-        model.compile(learning_rate=LEARNING_RATE)
+        model.compile(learning_rate=LEARNING_RATE, **compile_kwargs)
         recorder = example.StepLosses()
         model.fit(data, batch_size=BATCH, shuffle=False, verbose=0, callbacks=[recorder])
     return recorder.losses, {v.path: np.asarray(v.value) for v in model.weights}, model
@@ -167,6 +167,19 @@ def test_data_parallel_fit_matches_one_device(reference):
     assert_matches_reference(reference, losses, weights)
     for variable in model.weights:
         assert variable.value.sharding.is_fully_replicated, variable.path
+
+
+def test_data_parallel_fit_with_micro_batches_and_the_ring_matches_one_device(reference):
+    import jax
+
+    strategy = distribution.data_parallel()
+    # Micro-batches of 8 on 8 devices: each device runs one pair of each micro-batch.
+    losses, weights, model = fit_steps(strategy, reference[0], reference[1], micro_batch_size=8)
+    assert_matches_reference(reference, losses, weights)
+    with strategy.scope():
+        y_pred = model(random_pairs(BATCH))
+        compute = jax.jit(lambda y: model.compute_loss(y_pred=y))
+        assert "collective_permute" in compute.lower(y_pred).as_text()  # the loss ran round the ring
 
 
 @pytest.mark.parametrize("make_strategy", [distribution.data_parallel, lambda: distribution.model_parallel((2, 4))],
