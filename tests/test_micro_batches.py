@@ -175,3 +175,18 @@ def test_compiled_encoder_blocks_on_pytorch(full_batch_run):
     for _ in range(3):
         model.train_on_batch(data)
     assert relative_error(flat_weights(model), expected[2]) < 1e-5
+
+
+@pytest.mark.skipif(not ON_TENSORFLOW, reason="only Keras's TensorFlow trainer traces a PyDataset without its batch size")
+def test_unknown_batch_size_on_tensorflow_is_named():
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            return random_pairs(BATCH)
+
+    model = tiny_siglip()
+    model.compile(micro_batch_size=2)
+    with pytest.raises(ValueError, match="unknown batch dimension"):
+        model.fit(Batches(), epochs=1, verbose=0)

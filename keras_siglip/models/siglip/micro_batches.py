@@ -37,7 +37,9 @@ def check_batch_size(batch_size, micro_batch_size):
     if batch_size is None:
         raise ValueError(
             "micro_batch_size needs a batch size known when the training step is traced; "
-            "this batch has an unknown batch dimension (batch a tf.data pipeline with drop_remainder=True)."
+            "this batch has an unknown batch dimension (batch a tf.data pipeline with drop_remainder=True; "
+            "on the TensorFlow backend, Keras traces PyDatasets and generators with an unknown batch "
+            "size: pass arrays or a tf.data.Dataset instead)."
         )
     if micro_batch_size > batch_size:
         raise ValueError(
