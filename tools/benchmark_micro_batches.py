@@ -29,14 +29,7 @@ flags.DEFINE_enum("config", "small", ["small", "B16"], "Model size.")
 flags.DEFINE_list("full_batch_sizes", None, "Batch sizes to also run without micro-batches (default: all).")
 FLAGS = flags.FLAGS
 
-# benchmark_train.py's "small" configuration: the shapes of a real model, sized for two CPU cores.
-CONFIGS = {
-    "small": dict(width=256, depth=4, num_heads=4, mlp_dim=1024, image_size=64, patch_size=8,
-                  sequence_length=16, vocabulary_size=8_000, dtype="float32"),
-    "B16": dict(width=768, depth=12, num_heads=12, mlp_dim=3072, image_size=224, patch_size=16,
-                sequence_length=64, vocabulary_size=32_000, dtype="mixed_bfloat16"),
-}  # fmt: skip
-SMALL = CONFIGS["small"]
+from benchmark_configs import CONFIGS  # noqa: E402  (benchmark_train.py's configurations)
 
 
 def build(micro_batch_size, config):

@@ -96,7 +96,7 @@ def encode_in_micro_batches(encode, inputs, micro_batch_size, rematerialise=True
     True
     """
     check_batch_size(inputs.shape[0], micro_batch_size)
-    if micro_batch_size == inputs.shape[0] and not rematerialise:
+    if micro_batch_size == inputs.shape[0]:  # one micro-batch is the whole batch
         return encode(inputs)
     step = keras.remat(encode) if rematerialise else encode
     return merge(backend.map_micro_batches(step, split(inputs, micro_batch_size)))
