@@ -10,7 +10,8 @@ The public API, in the order an image and a caption meet it:
   `MultipliedLearningRateAdamW` for the unlocked variant);
 - the losses: `sigmoid_loss` / `SigmoidLoss` and the CLIP baseline
   `softmax_loss` / `SoftmaxLoss`;
-- presets and checkpoints: `list_presets`, `keras_siglip.presets`;
+- presets and checkpoints: `list_presets`, `keras_siglip.presets`, and `export` (to
+  transformers, keras-hub and big_vision; `keras-siglip-convert` on the command line);
 - `keras_siglip.evaluation` (zero-shot, retrieval) and `keras_siglip.distribution`.
 
 Importing the package loads Keras and the model code only: TensorFlow,
@@ -33,6 +34,7 @@ _LAZY_ATTRIBUTES = {
     "SigLIPImagePreprocessor": "keras_siglip.models.siglip.image_preprocessor",
     "KerasHubImageEncoder": "keras_siglip.models.siglip.keras_hub_image_encoder",
     "list_presets": "keras_siglip.presets.registry",
+    "export": "keras_siglip.presets.export",
 }
 _LAZY_MODULES = ("data", "distribution", "evaluation", "layers", "losses", "models", "presets", "templates")
 
@@ -63,6 +65,7 @@ __all__ = [
     "data",
     "distribution",
     "evaluation",
+    "export",
     "layers",
     "list_presets",
     "presets",

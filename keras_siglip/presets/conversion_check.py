@@ -1,11 +1,12 @@
-"""The converter scripts' numerical check: a converted model must reproduce its source.
+"""The converters' numerical check: a converted model must reproduce its source.
 
-`tools/convert_big_vision.py` and `tools/convert_hf.py` run the converted model
-and its source (a NumPy oracle, or transformers itself) on the same random
-inputs, print one line per output with `print_report`, and `assert_reproduces`
-raises `ConversionMismatch` naming the worst output, its largest difference,
-where it lies and the tolerance. `exit_status` turns that into the scripts'
-exit status (1 on a mismatch). Not part of the package: only the tools use it.
+`keras-siglip-convert` (`keras_siglip.convert`), `tools/convert_big_vision.py`
+and `tools/convert_hf.py` run the converted model and its source (a NumPy
+oracle, or transformers / keras-hub themselves) on the same random inputs,
+print one line per output with `print_report`, and `assert_reproduces` raises
+`ConversionMismatch` naming the worst output, its largest difference, where it
+lies and the tolerance. `exit_status` turns that into the scripts' exit status
+(1 on a mismatch).
 """
 
 import sys

@@ -2,9 +2,13 @@
 
 The config is read without importing transformers: missing fields take
 `SiglipTextConfig` / `SiglipVisionConfig` defaults, as transformers does.
+`rules` serves both directions: `checkpoint.assign` reads a checkpoint with it,
+`checkpoint.export_arrays` writes one; `to_hf_config` is `infer_config`'s inverse.
 """
 
-from keras_siglip.presets.checkpoint import Rule, identity, scalar, transpose
+import numpy as np
+
+from keras_siglip.presets.checkpoint import Rule, Transform, add_axis, identity, permute, scalar, transpose
 
 _TOWER_DEFAULTS = dict(
     hidden_size=768,
@@ -84,15 +88,20 @@ def _blocks(source, target, depth):
 
 
 def _in_projection(part):
-    """One of q, k, v from torch `MultiheadAttention`'s stacked `in_proj` (3*D, ...) array."""
+    """One of q, k, v from torch `MultiheadAttention`'s stacked `in_proj` (3*D, ...) array.
+
+    Exporting writes the three parts back in q, k, v order (`piece`).
+    """
 
     def take(array):
         width = array.shape[0] // 3
         piece = array[part * width : (part + 1) * width]
         return piece.T if piece.ndim == 2 else piece
 
-    take.__name__ = f"in_projection_{'qkv'[part]}"
-    return take
+    def give(value):
+        return value.T if value.ndim == 2 else value
+
+    return Transform(take, give, f"in_projection_{'qkv'[part]}", piece=part)
 
 
 def rules(config):
@@ -101,11 +110,11 @@ def rules(config):
     pooling = "image_encoder/map_pooling"
     table = [
         Rule("vision_model.embeddings.patch_embedding.weight",
-             "image_encoder/patch_embedding/patch_projection/kernel", lambda a: a.transpose(2, 3, 1, 0)),
+             "image_encoder/patch_embedding/patch_projection/kernel", permute(2, 3, 1, 0)),
         Rule("vision_model.embeddings.patch_embedding.bias",
              "image_encoder/patch_embedding/patch_projection/bias", identity),
         Rule("vision_model.embeddings.position_embedding.weight",
-             "image_encoder/patch_embedding/position_embedding", lambda a: a[None]),
+             "image_encoder/patch_embedding/position_embedding", add_axis),
         *_blocks("vision_model", "image_encoder", image["depth"]),
         *_layer_norm("vision_model.post_layernorm", "image_encoder/encoder_norm"),
         Rule("vision_model.head.probe", f"{pooling}/probe", identity),
@@ -114,11 +123,10 @@ def rules(config):
         *_linear("vision_model.head.mlp.fc1", f"{pooling}/mlp/hidden"),
         *_linear("vision_model.head.mlp.fc2", f"{pooling}/mlp/output"),
         Rule("text_model.embeddings.token_embedding.weight", "text_encoder/token_embedding/embeddings", identity),
-        Rule("text_model.embeddings.position_embedding.weight", "text_encoder/position_embedding",
-             lambda a: a[None]),
+        Rule("text_model.embeddings.position_embedding.weight", "text_encoder/position_embedding", add_axis),
         *_blocks("text_model", "text_encoder", text["depth"]),
         *_layer_norm("text_model.final_layer_norm", "text_encoder/encoder_norm"),
-        *_linear("text_model.head", "text_encoder/head"),
+        *(_linear("text_model.head", "text_encoder/head") if text.get("output_dim", text["width"]) else []),
         Rule("logit_scale", "siglip/log_temperature", scalar),
         Rule("logit_bias", "siglip/bias", scalar),
     ]
@@ -133,3 +141,60 @@ def rules(config):
 # Buffers some transformers versions save next to the weights.
 IGNORED_KEYS = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
 
+
+
+def check_exportable(config):
+    """Refuses, naming the problem, a model `SiglipModel` cannot hold."""
+    image, text = config["image"], config["text"]
+    problems = []
+    if image["pooling"] != "map":
+        problems.append(f"the image tower pools with {image['pooling']!r}; SiglipModel's vision tower uses a MAP head")
+    if image["output_dim"]:
+        problems.append(f"the image tower has a {image['output_dim']}-wide head; SiglipModel's vision tower has none")
+    if image["position_embedding"] != "learned":
+        problems.append(f"the image tower's position embedding is {image['position_embedding']!r}, not a "
+                        "learned weight")
+    if text["pooling"] != "last":
+        problems.append(f"the text tower pools the {text['pooling']!r} token(s); SiglipModel pools the last one")
+    if text["width"] != image["width"] and not text["output_dim"]:
+        problems.append("the towers differ in width and the text tower has no head")
+    if problems:
+        raise ValueError("Cannot export to transformers: " + "; ".join(problems) + ".")
+
+
+def identity_text_head(config):
+    """`text_model.head` arrays for a model without a text head: SiglipModel always has one."""
+    width = config["text"]["width"]
+    return {"text_model.head.weight": np.eye(width, dtype=np.float32),
+            "text_model.head.bias": np.zeros(width, np.float32)}
+
+
+def to_hf_config(config):
+    """A transformers SigLIP config.json dict for our `config`: `infer_config`'s inverse.
+
+    Example:
+    >>> from keras_siglip.presets.registry import siglip_config
+    >>> hf = to_hf_config(siglip_config("B", 224, 16))
+    >>> hf["model_type"], hf["vision_config"]["patch_size"], hf["text_config"]["projection_size"]
+    ('siglip', 16, 768)
+    """
+    image, text = config["image"], config["text"]
+
+    def tower(part):
+        return dict(hidden_size=part["width"], intermediate_size=part["mlp_dim"],
+                    num_hidden_layers=part["depth"], num_attention_heads=part["num_heads"],
+                    layer_norm_eps=part.get("layer_norm_epsilon", 1e-6), hidden_act="gelu_pytorch_tanh",
+                    attention_dropout=0.0)
+
+    return {
+        "model_type": "siglip",
+        "architectures": ["SiglipModel"],
+        "initializer_factor": 1.0,
+        "text_config": dict(tower(text), model_type="siglip_text_model", vocab_size=text["vocabulary_size"],
+                            max_position_embeddings=text["sequence_length"],
+                            projection_size=text.get("output_dim") or text["width"],
+                            # SigLIP has no BOS and pads with EOS (id 1 in big_vision's vocabularies).
+                            pad_token_id=1, bos_token_id=None, eos_token_id=1),
+        "vision_config": dict(tower(image), model_type="siglip_vision_model", image_size=image["image_size"],
+                              patch_size=image["patch_size"], num_channels=3, vision_use_head=True),
+    }

@@ -4,11 +4,13 @@ keras-hub reads its own handles (`kaggle://`, `hf://`, local folders), so the
 backbone comes from `keras_hub.models.SigLIPBackbone.from_preset`; its weights
 are then named by where they sit in the backbone (`vision/encoder_block_0/...`),
 independent of the layer-name prefixes keras-hub derives from model names.
+Exporting runs the same table backwards (`checkpoint.export_arrays`) into a
+`SigLIPBackbone` that `build_backbone` makes, and keras-hub saves it.
 """
 
 import keras
 
-from keras_siglip.presets.checkpoint import Rule, identity, scalar, to_shape
+from keras_siglip.presets.checkpoint import Rule, add_axis, identity, scalar_of, to_shape
 
 
 def load_backbone(handle):
@@ -18,33 +20,91 @@ def load_backbone(handle):
     return keras_hub.models.SigLIPBackbone.from_preset(handle)
 
 
-def _relative_arrays(prefix, layer, names=()):
-    """`{prefix/path-inside-layer: array}`; keras-hub prefixes its layer names with the model name.
+def _relative_variables(prefix, layer, names=()):
+    """`{prefix/path-inside-layer: variable}`; keras-hub prefixes its layer names with the model name.
 
     `names` gives `(variable, name)` pairs for weights created without a name
     (the MAP probe), whose automatic names change with what else was built.
     """
     named = {id(variable): name for variable, name in names}
-    arrays = {}
+    variables = {}
     for variable in layer.weights:
         inner = named.get(id(variable)) or variable.path.split("/", 1)[1]
-        arrays[f"{prefix}/{inner}"] = keras.ops.convert_to_numpy(variable)
-    return arrays
+        variables[f"{prefix}/{inner}"] = variable
+    return variables
+
+
+def backbone_variables(backbone):
+    """All weights of a keras-hub `SigLIPBackbone` as `{canonical key: variable}`."""
+    variables = {}
+    for tower_name, tower in (("vision", backbone.vision_encoder), ("text", backbone.text_encoder)):
+        variables.update(_relative_variables(f"{tower_name}/embedding", tower.embedding))
+        for i, block in enumerate(tower.encoder_layers):
+            variables.update(_relative_variables(f"{tower_name}/encoder_block_{i}", block))
+        variables.update(_relative_variables(f"{tower_name}/post_layer_norm", tower.post_layer_norm))
+        probe = getattr(tower.head, "probe", None)
+        variables.update(_relative_variables(f"{tower_name}/head", tower.head,
+                                             [(probe, "probe")] if probe is not None else ()))
+    for variable in backbone.siglip_head.weights:
+        variables[variable.path.rsplit("/", 1)[1]] = variable
+    return variables
 
 
 def backbone_arrays(backbone):
     """All weights of a keras-hub `SigLIPBackbone` as `{canonical key: numpy array}`."""
-    arrays = {}
-    for tower_name, tower in (("vision", backbone.vision_encoder), ("text", backbone.text_encoder)):
-        arrays.update(_relative_arrays(f"{tower_name}/embedding", tower.embedding))
-        for i, block in enumerate(tower.encoder_layers):
-            arrays.update(_relative_arrays(f"{tower_name}/encoder_block_{i}", block))
-        arrays.update(_relative_arrays(f"{tower_name}/post_layer_norm", tower.post_layer_norm))
-        probe = getattr(tower.head, "probe", None)
-        arrays.update(_relative_arrays(f"{tower_name}/head", tower.head, [(probe, "probe")] if probe is not None else ()))
-    for variable in backbone.siglip_head.weights:
-        arrays[variable.path.rsplit("/", 1)[1]] = keras.ops.convert_to_numpy(variable)
-    return arrays
+    return {key: keras.ops.convert_to_numpy(variable) for key, variable in backbone_variables(backbone).items()}
+
+
+def check_exportable(config):
+    """Refuses, naming the problem, a model keras-hub's `SigLIPBackbone` cannot hold."""
+    image, text = config["image"], config["text"]
+    problems = []
+    if image["pooling"] != "map":
+        problems.append(f"the image tower pools with {image['pooling']!r}; SigLIPVisionEncoder uses a MAP head")
+    if image["output_dim"]:
+        problems.append(f"the image tower has a {image['output_dim']}-wide head; SigLIPVisionEncoder has none")
+    if image["position_embedding"] != "learned":
+        problems.append(f"the image tower's position embedding is {image['position_embedding']!r}, not a "
+                        "learned weight")
+    if text["pooling"] != "last":
+        problems.append(f"the text tower pools the {text['pooling']!r} token(s); SigLIPTextEncoder pools the last one")
+    if not text["output_dim"]:
+        problems.append("the text tower has no head; SigLIPTextEncoder always projects")
+    if problems:
+        raise ValueError("Cannot export to keras-hub: " + "; ".join(problems) + ".")
+
+
+def build_backbone(config):
+    """A keras-hub `SigLIPBackbone` (random weights) with the architecture of our `config`."""
+    import keras_hub
+
+    image, text = config["image"], config["text"]
+
+    def tower(part):
+        return dict(hidden_dim=part["width"], num_layers=part["depth"], num_heads=part["num_heads"],
+                    intermediate_dim=part["mlp_dim"], intermediate_activation="gelu_approximate",
+                    layer_norm_epsilon=part.get("layer_norm_epsilon", 1e-6))
+
+    vision = keras_hub.models.SigLIPVisionEncoder(
+        patch_size=image["patch_size"], image_shape=(image["image_size"], image["image_size"], 3), **tower(image))
+    text_encoder = keras_hub.models.SigLIPTextEncoder(
+        vocabulary_size=text["vocabulary_size"], embedding_dim=text["width"],
+        max_sequence_length=text["sequence_length"], projection_dim=text["output_dim"], **tower(text))
+    return keras_hub.models.SigLIPBackbone(vision, text_encoder)
+
+
+def assign_backbone(backbone, arrays):
+    """Writes `{canonical key: array}` (from `checkpoint.export_arrays`) into a `SigLIPBackbone`."""
+    variables = {key: v for key, v in backbone_variables(backbone).items() if key not in IGNORED_KEYS}
+    missing, extra = sorted(set(variables) - set(arrays)), sorted(set(arrays) - set(variables))
+    if missing or extra:  # the table and keras-hub disagree: a bug here, or a keras-hub change
+        raise ValueError(f"keras-hub's SigLIPBackbone and the conversion table disagree: backbone weights not "
+                         f"written {missing[:8]}, table keys with no backbone weight {extra[:8]}.")
+    for key, variable in variables.items():
+        if tuple(variable.shape) != tuple(arrays[key].shape):
+            raise ValueError(f"keras-hub weight {key!r} has shape {tuple(variable.shape)}; the model gives "
+                             f"{tuple(arrays[key].shape)}.")
+        variable.assign(arrays[key].astype(variable.dtype))
 
 
 def infer_config(backbone):
@@ -97,12 +157,16 @@ def _dense(source, target):
     return _pair(source, target, (("kernel", "kernel"), ("bias", "bias")))
 
 
-def _attention(source, target, width):
+def _attention(source, target, width, heads):
+    # keras-hub's EinsumDense kernels keep the head axis: (D, H, D/H) in, (H, D/H, D) out.
+    head_dim = width // heads
     rules = []
     for name in ("query", "key", "value"):
-        rules.append(Rule(f"{source}/{name}/kernel", f"{target}/{name}/kernel", to_shape(width, width)))
-        rules.append(Rule(f"{source}/{name}/bias", f"{target}/{name}/bias", to_shape(width)))
-    rules.append(Rule(f"{source}/attention_output/kernel", f"{target}/output/kernel", to_shape(width, width)))
+        rules.append(Rule(f"{source}/{name}/kernel", f"{target}/{name}/kernel",
+                          to_shape(width, width, source=(width, heads, head_dim))))
+        rules.append(Rule(f"{source}/{name}/bias", f"{target}/{name}/bias", to_shape(width, source=(heads, head_dim))))
+    rules.append(Rule(f"{source}/attention_output/kernel", f"{target}/output/kernel",
+                      to_shape(width, width, source=(heads, head_dim, width))))
     rules.append(Rule(f"{source}/attention_output/bias", f"{target}/output/bias", identity))
     return rules
 
@@ -116,7 +180,7 @@ def _tower(source, target, tower):
     for i in range(tower["depth"]):
         src, dst = f"{source}/encoder_block_{i}", f"{target}/block_{i}"
         rules += _layer_norm(f"{src}/layer_norm1", f"{dst}/attention_norm")
-        rules += _attention(f"{src}/self_attn", f"{dst}/attention", tower["width"])
+        rules += _attention(f"{src}/self_attn", f"{dst}/attention", tower["width"], tower["num_heads"])
         rules += _layer_norm(f"{src}/layer_norm2", f"{dst}/mlp_norm")
         rules += _mlp(f"{src}/mlp", f"{dst}/mlp")
     return rules + _layer_norm(f"{source}/post_layer_norm", f"{target}/encoder_norm")
@@ -125,23 +189,20 @@ def _tower(source, target, tower):
 def rules(config):
     """The conversion table for a model built from `config` (see `infer_config`)."""
     image, text = config["image"], config["text"]
-
-    def add_batch_axis(array):
-        return array[None]
-
+    scalar = scalar_of(())  # SigLIPHead's logit_scale and logit_bias are scalars
     return [
         Rule("vision/embedding/patch_embedding/kernel",
              "image_encoder/patch_embedding/patch_projection/kernel", identity),
         Rule("vision/embedding/patch_embedding/bias", "image_encoder/patch_embedding/patch_projection/bias", identity),
         Rule("vision/embedding/position_embedding/embeddings", "image_encoder/patch_embedding/position_embedding",
-             add_batch_axis),
+             add_axis),
         *_tower("vision", "image_encoder", image),
         Rule("vision/head/probe", "image_encoder/map_pooling/probe", identity),
-        *_attention("vision/head/attention", "image_encoder/map_pooling/attention", image["width"]),
+        *_attention("vision/head/attention", "image_encoder/map_pooling/attention", image["width"], image["num_heads"]),
         *_layer_norm("vision/head/layernorm", "image_encoder/map_pooling/layer_norm"),
         *_mlp("vision/head/mlp", "image_encoder/map_pooling/mlp"),
         Rule("text/embedding/token_embedding/embeddings", "text_encoder/token_embedding/embeddings", identity),
-        Rule("text/embedding/position_embedding/embeddings", "text_encoder/position_embedding", add_batch_axis),
+        Rule("text/embedding/position_embedding/embeddings", "text_encoder/position_embedding", add_axis),
         *_tower("text", "text_encoder", text),
         *_dense("text/head", "text_encoder/head"),
         Rule("logit_scale", "siglip/log_temperature", scalar),

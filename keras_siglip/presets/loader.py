@@ -178,9 +178,16 @@ def _first_source(name, entry, load):
     for source in entry["sources"]:
         try:
             return load(source)
-        except (OSError, ImportError, ValueError) as error:
-            errors.append(f"  {source}: {type(error).__name__}: {error}")
+        except Exception as error:  # noqa: BLE001
+            # Every download client fails its own way offline (requests, kagglehub, TensorFlow's
+            # FailedPreconditionError for gs://): each is reported, then the next source is tried.
+            errors.append(f"  {source}: {type(error).__name__}: {_first_line(error)}")
     raise ValueError(f"Could not load preset {name!r} from any of its sources:\n" + "\n".join(errors))
+
+
+def _first_line(error):
+    text = str(error).strip()
+    return (text.splitlines() or [""])[0][:300]
 
 
 def _fit_registry(name, config, model):
@@ -268,12 +275,21 @@ def from_keras_hub(handle, dtype=None, load_weights=True):
                       keras_hub_format.IGNORED_KEYS, dtype, load_weights)
 
 
-def from_big_vision(path, dtype=None, load_weights=True):
-    """A `SigLIP` from a big_vision `.npz` (per-layer or "scan" layout, bf16 stored as void)."""
+def from_big_vision(path, dtype=None, load_weights=True, text_pool_type="last"):
+    """A `SigLIP` from a big_vision `.npz` (per-layer or "scan" layout, bf16 stored as void).
+
+    Args:
+        path: the `.npz` file (local or `gs://`).
+        dtype: optional dtype policy.
+        load_weights: bool. False builds the architecture only.
+        text_pool_type: the text tower's `pool_type` in the big_vision config
+            the checkpoint was trained with (`"last"`, SigLIP's, by default;
+            `"first"`, `"gap"` / `"mean"`); the `.npz` does not record it.
+    """
     if not os.path.isfile(path):  # a gs:// (or other remote) file: keras-hub's get_file caches it
         path = preset_utils.get_file(os.path.dirname(path), os.path.basename(path))
     arrays = big_vision_format.normalize_keys(load_npz(path))
-    config = big_vision_format.infer_config(arrays)
+    config = big_vision_format.infer_config(arrays, text_pool_type=text_pool_type)
     return _converted(config, arrays, big_vision_format.rules(config), f"big_vision checkpoint {path}", (),
                       dtype, load_weights)
 
