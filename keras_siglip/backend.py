@@ -33,6 +33,32 @@ def updates_wait_for(data, xla=False):
     return tf.control_dependencies([t for t in tf.nest.flatten(data) if isinstance(t, tf.Tensor)])
 
 
+def with_static_batch_size(data, batch_size):
+    """`data` with its leading dimension fixed to `batch_size` when the trace left it unknown.
+
+    Keras's TensorFlow trainer traces a `PyDataset` or a generator with an
+    unknown batch dimension; code that needs it at trace time (micro-batches)
+    gets it from the first batch. A batch of another size fails TensorFlow's
+    `EnsureShape` before any update that waits for the batch (`is_batch_size_error`).
+    Other backends trace concrete shapes.
+    """
+    if BACKEND != "tensorflow":
+        return data
+    import tensorflow as tf
+
+    def fix(x):
+        if not isinstance(x, tf.Tensor) or x.shape.rank in (None, 0) or x.shape[0] is not None:
+            return x
+        return tf.ensure_shape(x, [batch_size] + x.shape[1:])
+
+    return tf.nest.map_structure(fix, data)
+
+
+def is_batch_size_error(error):
+    """True for the error of a batch refused by `with_static_batch_size`."""
+    return "EnsureShape" in str(error) and "is not compatible with expected shape" in str(error)
+
+
 # ---------------------------------------------------------------------------
 # Pieces of the blockwise sigmoid loss (keras_siglip.losses) that differ
 # between backends: a matmul that accumulates and returns float32 whatever its

@@ -177,16 +177,40 @@ def test_compiled_encoder_blocks_on_pytorch(full_batch_run):
     assert relative_error(flat_weights(model), expected[2]) < 1e-5
 
 
-@pytest.mark.skipif(not ON_TENSORFLOW, reason="only Keras's TensorFlow trainer traces a PyDataset without its batch size")
-def test_unknown_batch_size_on_tensorflow_is_named():
-    class Batches(keras.utils.PyDataset):
-        def __len__(self):
-            return 1
+class _Batches(keras.utils.PyDataset):
+    def __init__(self, batches):
+        super().__init__()
+        self.batches = batches
 
-        def __getitem__(self, index):
-            return random_pairs(BATCH)
+    def __len__(self):
+        return len(self.batches)
 
+    def __getitem__(self, index):
+        return self.batches[index]
+
+
+def _fit_model(micro_batch_size):
+    keras.utils.set_random_seed(0)
     model = tiny_siglip()
-    model.compile(micro_batch_size=2)
-    with pytest.raises(ValueError, match="unknown batch dimension"):
-        model.fit(Batches(), epochs=1, verbose=0)
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.5), micro_batch_size=micro_batch_size)
+    return model
+
+
+def test_a_pydataset_and_a_generator_train_like_arrays():
+    # Keras's TensorFlow trainer traces these two with an unknown batch size.
+    data = random_pairs(2 * BATCH)
+    halves = [{key: value[i * BATCH : (i + 1) * BATCH] for key, value in data.items()} for i in range(2)]
+    reference = _fit_model(micro_batch_size=None)
+    reference.train_on_batch(halves[0])
+    after_first = flat_weights(reference)
+    reference.train_on_batch(halves[1])
+    for source in (_Batches(halves), ((batch,) for batch in halves)):
+        model = _fit_model(micro_batch_size=2)
+        model.fit(source, epochs=1, verbose=0, shuffle=False)
+        assert relative_error(flat_weights(model), flat_weights(reference)) < 1e-5, type(source)
+    # A later batch that does not split is refused; the first batch's step is kept.
+    uneven = _Batches([halves[0], {key: value[:3] for key, value in halves[1].items()}])
+    model = _fit_model(micro_batch_size=2)
+    with pytest.raises(ValueError, match="multiple of micro_batch_size|as many pairs as the first"):
+        model.fit(uneven, epochs=1, verbose=0, shuffle=False)
+    assert relative_error(flat_weights(model), after_first) < 1e-5

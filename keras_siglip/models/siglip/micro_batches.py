@@ -37,9 +37,7 @@ def check_batch_size(batch_size, micro_batch_size):
     if batch_size is None:
         raise ValueError(
             "micro_batch_size needs a batch size known when the training step is traced; "
-            "this batch has an unknown batch dimension (batch a tf.data pipeline with drop_remainder=True; "
-            "on the TensorFlow backend, Keras traces PyDatasets and generators with an unknown batch "
-            "size: pass arrays or a tf.data.Dataset instead)."
+            "this batch has an unknown batch dimension (batch a tf.data pipeline with drop_remainder=True)."
         )
     if micro_batch_size > batch_size:
         raise ValueError(
@@ -53,6 +51,36 @@ def check_batch_size(batch_size, micro_batch_size):
             "epoch is smaller unless the number of samples is a multiple of batch_size; batch a "
             "tf.data pipeline with drop_remainder=True)."
         )
+
+
+def first_batch_size(x):
+    """The number of pairs in the first batch of a `PyDataset` or a stream, and `x` itself.
+
+    Returns `(None, x)` for arrays and `tf.data` pipelines, whose batch size
+    Keras traces as it is. A generator or iterator comes back with its first
+    batch put in front again.
+    """
+
+    def size(batch):
+        batch = batch[0] if isinstance(batch, tuple) else batch
+        first = next(iter(batch.values())) if isinstance(batch, dict) else batch
+        shape = getattr(first, "shape", None)
+        return int(shape[0]) if shape is not None and len(shape) and shape[0] is not None else None
+
+    if isinstance(x, keras.utils.PyDataset):
+        return (size(x[0]) if x.num_batches != 0 else None), x
+    if hasattr(x, "__next__") and not hasattr(x, "shape"):
+        try:
+            first = next(x)
+        except StopIteration:
+            return None, iter(())
+        return size(first), _prepended(first, x)
+    return None, x
+
+
+def _prepended(first, rest):
+    yield first
+    yield from rest
 
 
 def split(x, micro_batch_size):

@@ -13,7 +13,7 @@ from keras_siglip.models.siglip.towers import ImageEncoder, TextEncoder
 from keras_siglip.models.siglip.layers.encoder_block import compile_encoder_blocks
 from keras_siglip.losses import SigmoidLoss
 from keras_siglip.models.siglip.input_checks import BatchChecker, error_from_tensorflow
-from keras_siglip.models.siglip.micro_batches import check_micro_batch_size, encode_in_micro_batches
+from keras_siglip.models.siglip.micro_batches import check_micro_batch_size, encode_in_micro_batches, first_batch_size
 from keras_siglip.optimizers import MultipliedLearningRateAdamW
 
 
@@ -90,6 +90,7 @@ class SigLIP(keras.Model):
         self.bias_init = float(bias_init)
         self.lock_image_tower = bool(lock_image_tower)
         self.micro_batch_size = None  # set by compile()
+        self._traced_batch_size = None  # set by fit() where Keras traces an unknown batch size
         if self.lock_image_tower:
             self.image_encoder.trainable = False
         self.log_temperature = self.add_weight(
@@ -429,6 +430,13 @@ class SigLIP(keras.Model):
 
     def fit(self, x=None, *args, validation_data=None, **kwargs):
         self._build_optimizer()
+        if self.micro_batch_size and backend.BACKEND == "tensorflow":
+            # Keras's TensorFlow trainer traces PyDatasets and generators with an
+            # unknown batch size; micro-batches need it, so the first batch gives it.
+            batch_size, x = first_batch_size(x)
+            if batch_size != self._traced_batch_size:
+                self.train_function = None  # traced for another batch size
+            self._traced_batch_size = batch_size
         validation_checker = self.batch_checker
         if isinstance(validation_data, tuple):  # (x,) or (x, y) arrays
             validation_data = (validation_checker.check(validation_data[0]),) + validation_data[1:]
@@ -472,10 +480,13 @@ class SigLIP(keras.Model):
             return super().predict_on_batch(self.batch_checker.check(x))
 
     def train_step(self, *args):
+        data = args[-1]
+        if self._traced_batch_size:
+            data = backend.with_static_batch_size(data, self._traced_batch_size)
         # TensorFlow fetches a batch inside the step; this makes every update of
         # the step wait for the batch, so a batch that fails its check changes nothing.
-        with backend.updates_wait_for(args[-1], xla=self.jit_compile is True):
-            return super().train_step(*args)
+        with backend.updates_wait_for(data, xla=self.jit_compile is True):
+            return super().train_step(*args[:-1], data)
 
     def test_step(self, *args):
         with backend.updates_wait_for(args[-1], xla=self.jit_compile is True):
@@ -495,6 +506,11 @@ class SigLIP(keras.Model):
                     self.jax_state_sync()
                 except Exception as sync_error:
                     error.add_note(f"Restoring the model's state after this error failed too: {sync_error!r}")
+            if self._traced_batch_size and backend.is_batch_size_error(error):
+                raise ValueError(
+                    "With micro_batch_size on the TensorFlow backend, every batch of a PyDataset or generator "
+                    f"must have as many pairs as the first ({self._traced_batch_size}); a later batch differs."
+                ) from None
             converted = error_from_tensorflow(error)  # a tf.data pipeline runs on every backend
             if converted is not None:
                 raise converted from None
