@@ -282,3 +282,163 @@ def test_training_run(corpus, tokenizer):
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
     after = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
     assert any(not np.allclose(a, b) for a, b in zip(before, after))
+
+
+# -- damaged files: reported with file and position, what could be read kept, the epoch goes on ---------------
+
+
+def write_tar(path, samples, members=("image", "txt")):
+    """A tar shard as img2dataset writes it: per sample `key.jpg|png`, `key.txt` (and `key.json`)."""
+    with tarfile.open(path, "w") as archive:
+        for i, s in enumerate(samples):
+            content = {"image": (s["ext"], s["bytes"]), "txt": ("txt", s["caption"].encode()), "json": ("json", b"{}")}
+            for member in members:
+                extension, data = content[member]
+                info = tarfile.TarInfo(f"{i:04d}.{extension}")
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+
+
+def ids_of(tokenizer, captions):
+    return sorted(map(tuple, keras.ops.convert_to_numpy(tokenizer(captions))))
+
+
+@pytest.mark.parametrize("cut", ["image header", "caption header", "image data", "no end blocks"])
+def test_truncated_tar_shard_is_reported_and_the_epoch_goes_on(corpus, tokenizer, tmp_path, cut):
+    root, samples = corpus
+    twenty = [samples[i % 12] for i in range(20)]
+    write_tar(tmp_path / "full.tar", twenty)
+    data = (tmp_path / "full.tar").read_bytes()
+    with tarfile.open(tmp_path / "full.tar") as archive:
+        members = archive.getmembers()  # two per sample: image, caption
+    image, caption = members[20], members[21]  # sample 10
+    length = {"image header": image.offset + 100, "caption header": caption.offset + 100,
+              "image data": image.offset_data + 10, "no end blocks": image.offset}[cut]
+    (tmp_path / "cut.tar").write_bytes(data[:length])
+    good_shard = str(root / "shard-0.tar")  # samples 0, 2, ..., 10 of the corpus
+    dataset = read_tar_shards([str(tmp_path / "cut.tar"), good_shard], tokenizer,
+                              SigLIPImagePreprocessor(IMAGE_SIZE), 1, training=False)
+    with pytest.warns(UserWarning, match=r"skipped 1 .*cut\.tar \(damaged at member 2[01]"):
+        images, token_ids = collect(dataset)
+    # Samples 0-9 of the damaged shard, then all of the next shard.
+    kept = [s["caption"] for s in twenty[:10]] + [s["caption"] for s in samples[0::2]]
+    assert len(images) == len(kept) == 16
+    assert sorted(map(tuple, token_ids)) == ids_of(tokenizer, kept)
+    skipped = dataset.skipped_images
+    where = {"image header": f"member 20 (header at byte {image.offset})",
+             "caption header": f"member 21 (header at byte {caption.offset})",
+             "image data": f"member 20 (0010.{twenty[10]['ext']}, data at byte {image.offset_data})",
+             "no end blocks": f"member 20 (header at byte {image.offset})"}[cut]
+    assert skipped.names[0].startswith(f"{tmp_path / 'cut.tar'} (damaged at {where}: "), skipped.names
+    if cut in ("caption header", "image data"):  # sample 10 was begun, not finished: counted too, never
+        # passed on without its caption
+        assert skipped.count == 2
+        assert skipped.names[1] == f"{tmp_path / 'cut.tar'}:0010 (incomplete: the shard is damaged inside this sample)"
+    else:  # the damage is between samples 9 and 10
+        assert skipped.count == 1
+
+
+def test_bad_manifest_rows_are_counted_skips_with_file_and_row(corpus, tokenizer, tmp_path):
+    root, samples = corpus
+    for s in samples[:3]:
+        (tmp_path / s["file"]).write_bytes(s["bytes"])
+    good = [(s["file"], s["caption"]) for s in samples[:3]]
+    path = tmp_path / "pairs.csv"
+    with open(path, "wb") as file:
+        file.write(b"image,caption\n")
+        file.write(f"{good[0][0]},{good[0][1]}\n".encode())
+        file.write(f"{good[1][0]},".encode() + b"x" * 200_000 + b"\n")  # over csv's field size limit
+        file.write(f"{good[1][0]},caf\xe9 in latin-1\n".encode("latin-1"))  # not UTF-8
+        file.write(f"{good[1][0]},{good[1][1]}\n\n".encode())  # and a blank line, which is no row
+        file.write(f"{good[2][0]},a caption,an extra field\n".encode())
+        file.write(f"{good[2][0]},{good[2][1]}\n".encode())
+    preprocessor = SigLIPImagePreprocessor(IMAGE_SIZE)
+    with pytest.warns(UserWarning, match=r"skipped 1 .*pairs\.csv row 2 \(line 3: field larger than field limit"):
+        dataset = read_manifest(str(path), tokenizer, preprocessor, 1, training=False)
+    _, token_ids = collect(dataset)
+    np.testing.assert_array_equal(token_ids, keras.ops.convert_to_numpy(tokenizer([c for _, c in good])))
+    assert dataset.skipped_images.count == 3
+    assert dataset.skipped_images.names[1:] == [
+        f"{path} row 3 (line 4) (not valid UTF-8)", f"{path} row 5 (line 7) (3 fields, the header has 2)"
+    ]
+
+    path = tmp_path / "pairs.jsonl"
+    with open(path, "wb") as file:
+        file.write(json.dumps({"path": good[0][0], "text": good[0][1]}).encode() + b"\n")
+        file.write(b'{"path": "000.jpg", "text": "cut off\n')  # malformed JSON
+        file.write(b"[1, 2]\n")  # JSON, but no object
+        file.write(b'{"path": "000.jpg", "text": "caf\xe9"}\n')  # not UTF-8
+        file.write(json.dumps({"path": good[1][0]}).encode() + b"\n")  # no caption
+        file.write(json.dumps({"text": "no image"}).encode() + b"\n")
+        file.write(json.dumps({"path": good[2][0], "text": good[2][1]}).encode() + b"\n")
+    with pytest.warns(UserWarning, match=r"skipped 1 .*pairs\.jsonl line 2 \(JSONDecodeError"):
+        dataset = read_manifest(str(path), tokenizer, preprocessor, 1, training=False, image_column="path",
+                                caption_column="text")
+    _, token_ids = collect(dataset)
+    np.testing.assert_array_equal(token_ids, keras.ops.convert_to_numpy(tokenizer([good[0][1], good[2][1]])))
+    names = dataset.skipped_images.names
+    assert dataset.skipped_images.count == 5 and len(names) == 5
+    assert names[1] == f"{path} line 3 (a JSON list, not an object)"
+    assert names[2].startswith(f"{path} line 4 (UnicodeDecodeError")
+    assert names[3:] == [f"{path} line 5 (no 'text')", f"{path} line 6 (no image path in 'path')"]
+
+    # Nothing usable is an error that names the file, not an empty epoch.
+    (tmp_path / "bad.jsonl").write_bytes(b"{oops\n[]\n")
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"bad\.jsonl.* no usable rows \(2 skipped"):
+        read_manifest(str(tmp_path / "bad.jsonl"), tokenizer, preprocessor, 1)
+
+
+def write_tfrecord(path, samples, extra=()):
+    """Records as img2dataset writes them; returns each record's byte offset."""
+    offsets, offset = [], 0
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for s in samples:
+            feature = {
+                "key": tf.train.Feature(bytes_list=tf.train.BytesList(value=[s["key"].encode()])),
+                "jpg": tf.train.Feature(bytes_list=tf.train.BytesList(value=[s["bytes"]])),
+                "txt": tf.train.Feature(bytes_list=tf.train.BytesList(value=[s["caption"].encode()])),
+            }
+            record = tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+            writer.write(record)
+            offsets.append(offset)
+            offset += 16 + len(record)
+        for record in extra:
+            writer.write(record)
+    return offsets
+
+
+@pytest.mark.parametrize("damage", ["corrupt byte", "truncated"])
+def test_corrupt_tfrecord_is_reported_and_the_epoch_goes_on(corpus, tokenizer, tmp_path, damage):
+    root, samples = corpus
+    offsets = write_tfrecord(tmp_path / "bad.tfrecord", samples[:6])
+    data = bytearray((tmp_path / "bad.tfrecord").read_bytes())
+    if damage == "corrupt byte":
+        data[offsets[3] + 40] ^= 0xFF  # inside record 3's image: its CRC no longer matches
+    else:
+        data = data[: offsets[3] + 30]
+    (tmp_path / "bad.tfrecord").write_bytes(bytes(data))
+    good_file = str(root / "shard-1.tfrecord")  # samples 1, 3, ..., 11
+    dataset = read_tfrecords([str(tmp_path / "bad.tfrecord"), good_file], tokenizer,
+                             SigLIPImagePreprocessor(IMAGE_SIZE), 1, training=False)
+    with pytest.warns(UserWarning, match=r"skipped 1 .*bad\.tfrecord \(damaged at record 3"):
+        images, token_ids = collect(dataset)
+    kept = [s["caption"] for s in samples[:3]] + [s["caption"] for s in samples[1::2]]
+    assert len(images) == 9
+    assert sorted(map(tuple, token_ids)) == ids_of(tokenizer, kept)
+    assert dataset.skipped_images.count == 1
+    name = dataset.skipped_images.names[0]
+    assert name.startswith(f"{tmp_path / 'bad.tfrecord'} (damaged at record 3, byte offset {offsets[3]}: "), name
+    assert ("corrupted record" if damage == "corrupt byte" else "truncated record") in name, name
+
+
+def test_tfrecord_that_is_no_example_is_a_counted_skip(corpus, tokenizer, tmp_path):
+    _, samples = corpus
+    wrong_kind = tf.train.Example(features=tf.train.Features(feature={
+        "jpg": tf.train.Feature(int64_list=tf.train.Int64List(value=[1]))})).SerializeToString()
+    write_tfrecord(tmp_path / "a.tfrecord", samples[:2], extra=[wrong_kind])
+    dataset = read_tfrecords(str(tmp_path / "a.tfrecord"), tokenizer, SigLIPImagePreprocessor(IMAGE_SIZE), 1,
+                             training=False)
+    with pytest.warns(UserWarning, match=r"a\.tfrecord record 2 \(not a tf.train.Example"):
+        _, token_ids = collect(dataset)
+    np.testing.assert_array_equal(token_ids, keras.ops.convert_to_numpy(tokenizer([s["caption"] for s in samples[:2]])))
+    assert dataset.skipped_images.count == 1

@@ -13,14 +13,23 @@ skips any image that cannot be read or decoded (counted in a `SkippedImages`
 report and announced with a warning that names the first few), tokenises the
 captions of each batch, batches with `drop_remainder` and prefetches. The
 result feeds `SigLIP.fit` on JAX, TensorFlow and PyTorch alike.
+
+Damaged data is skipped and reported the same way, never silently and never
+by aborting: a manifest row that cannot be parsed (named by file and row), and
+a tar or TFRecord shard that breaks off (named by file, member / record index
+and byte offset: the samples before the damage are kept and the reader goes on
+with the next shard).
 """
 
 import csv
 import json
 import os
+import re
 import tarfile
 import threading
 import warnings
+
+from google.protobuf.message import DecodeError
 
 from keras_siglip import backend
 from keras_siglip.extras import require
@@ -36,8 +45,10 @@ ISOLATION_CHUNK = 32
 class SkippedImages:
     """A running count of the images a reader could not use, with the first few names.
 
-    A warning is issued at the 1st, 10th, 100th... skipped image, so a broken
-    data set is noticed at once and a few bad files do not flood the log.
+    Also counted: manifest rows that cannot be parsed and damaged shards (one
+    entry per shard, naming where it breaks off). A warning is issued at the
+    1st, 10th, 100th... entry, so a broken data set is noticed at once and a
+    few bad files do not flood the log.
 
     Args:
         keep: how many names to keep for the report.
@@ -66,8 +77,8 @@ class SkippedImages:
             count, names = self.count, list(self.names)
         if _is_power_of_ten(count):
             warnings.warn(
-                f"keras_siglip.data skipped {count} image(s) that could not be read or decoded "
-                f"so far; the first: {', '.join(names)}.",
+                f"keras_siglip.data skipped {count} image(s), row(s) or damaged shard(s) that could not "
+                f"be read or decoded so far; the first: {', '.join(names)}.",
                 stacklevel=2,
             )
 
@@ -108,7 +119,8 @@ def read_manifest(path, tokenizer, image_preprocessor, batch_size, *, image_root
     >>> ds = read_manifest("pairs.csv", tokenizer, SigLIPImagePreprocessor(224), 256)  # doctest: +SKIP
     >>> model.fit(ds, epochs=1)  # doctest: +SKIP
     """
-    rows = _read_manifest_rows(path, image_column, caption_column)
+    skipped = options.setdefault("skipped", SkippedImages())
+    rows = _read_manifest_rows(path, image_column, caption_column, skipped)
     root = image_root if image_root is not None else os.path.dirname(os.path.abspath(path))
     paths = [p if os.path.isabs(p) else os.path.join(root, p) for p, _ in rows]
     source = tf.data.Dataset.from_tensor_slices(
@@ -120,26 +132,93 @@ def read_manifest(path, tokenizer, image_preprocessor, batch_size, *, image_root
                          **_without(options, "shard"))
 
 
-def _read_manifest_rows(path, image_column, caption_column):
+def _read_manifest_rows(path, image_column, caption_column, skipped):
+    """The manifest's (image, caption) rows; a row that cannot be used is a counted skip, not an abort."""
     if not os.path.exists(path):
         raise ValueError(f"Manifest {path!r} does not exist.")
     extension = os.path.splitext(path)[1].lower()
-    with open(path, newline="", encoding="utf-8") as file:
-        if extension in (".jsonl", ".json"):
-            records = [json.loads(line) for line in file if line.strip()]
-        elif extension in (".csv", ".tsv"):
-            records = list(csv.DictReader(file, delimiter="\t" if extension == ".tsv" else ","))
-        else:
-            raise ValueError(f"Manifest {path!r} must end in .csv, .tsv, .jsonl or .json.")
+    if extension in (".jsonl", ".json"):
+        records = _jsonl_records(path, skipped)
+    elif extension in (".csv", ".tsv"):
+        records = _csv_records(path, "\t" if extension == ".tsv" else ",", skipped)
+    else:
+        raise ValueError(f"Manifest {path!r} must end in .csv, .tsv, .jsonl or .json.")
+    records = list(records)
     if not records:
-        raise ValueError(f"Manifest {path!r} has no rows.")
-    missing = [key for key in (image_column, caption_column) if key not in records[0]]
-    if missing:
+        raise ValueError(f"Manifest {path!r} has no usable rows ({skipped.count} skipped: {skipped.names}).")
+    missing = [key for key in (image_column, caption_column) if key not in records[0][1]]
+    if missing:  # a wrong column name is the caller's mistake, not a damaged row: refuse
         raise ValueError(
-            f"Manifest {path!r} has no column {missing}; its columns are {sorted(records[0])}. "
+            f"Manifest {path!r} has no column {missing}; its columns are {sorted(records[0][1])}. "
             "Pass image_column= / caption_column=."
         )
-    return [(str(r[image_column]), "" if r[caption_column] is None else str(r[caption_column])) for r in records]
+    rows = []
+    for where, record in records:
+        image, caption = record.get(image_column), record.get(caption_column)
+        if not isinstance(image, str) or not image:
+            skipped.add(f"{path} {where} (no image path in {image_column!r})")
+        elif caption_column not in record:
+            skipped.add(f"{path} {where} (no {caption_column!r})")
+        elif caption is not None and not isinstance(caption, (str, int, float)):
+            skipped.add(f"{path} {where} (caption {caption_column!r} is a {type(caption).__name__})")
+        else:
+            rows.append((image, "" if caption is None else str(caption)))
+    if not rows:
+        raise ValueError(f"Manifest {path!r} has no usable rows ({skipped.count} skipped: {skipped.names}).")
+    return rows
+
+
+def _jsonl_records(path, skipped):
+    """(where, object) per line; lines are decoded one by one so a bad line loses only itself."""
+    with open(path, "rb") as file:
+        for number, line in enumerate(file, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line.decode("utf-8-sig" if number == 1 else "utf-8"))
+            except (UnicodeDecodeError, ValueError) as error:
+                skipped.add(f"{path} line {number} ({type(error).__name__}: {error})")
+                continue
+            if not isinstance(record, dict):
+                skipped.add(f"{path} line {number} (a JSON {type(record).__name__}, not an object)")
+                continue
+            yield f"line {number}", record
+
+
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of bytes that are not UTF-8
+
+
+def _csv_records(path, delimiter, skipped):
+    """(where, row dict) per data row. The csv module reads text and stops at its first error, so bytes
+    that are not UTF-8 are kept as surrogates to be found per row, and the reader resumes after an error."""
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as file:
+        reader = csv.reader(file, delimiter=delimiter)
+        header, row_number = None, 0
+        while True:
+            line = reader.line_num + 1
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as error:  # e.g. a field over csv.field_size_limit()
+                row_number += 1
+                skipped.add(f"{path} row {row_number} (line {line}: {error})")
+                continue
+            if header is None:
+                if _UNDECODABLE.search("".join(fields)):
+                    raise ValueError(f"Manifest {path!r}: the header row is not valid UTF-8.")
+                header = fields
+                continue
+            if not fields:  # a blank line
+                continue
+            row_number += 1
+            where = f"row {row_number} (line {line})"
+            if _UNDECODABLE.search("".join(fields)):
+                skipped.add(f"{path} {where} (not valid UTF-8)")
+            elif len(fields) != len(header):
+                skipped.add(f"{path} {where} ({len(fields)} fields, the header has {len(header)})")
+            else:
+                yield where, dict(zip(header, fields))
 
 
 def read_tar_shards(shards, tokenizer, image_preprocessor, batch_size, *, caption_extension="txt",
@@ -177,8 +256,26 @@ def read_tar_shards(shards, tokenizer, image_preprocessor, batch_size, *, captio
     return make_pipeline(source, tokenizer, image_preprocessor, batch_size, **_without(options, "shard"))
 
 
+class _DamagedTar(Exception):
+    """A member header that is cut off or garbled, which tarfile itself takes for the end of the archive."""
+
+
+class _CheckedTarInfo(tarfile.TarInfo):
+    @classmethod
+    def fromtarfile(cls, archive):
+        try:
+            return super().fromtarfile(archive)
+        except tarfile.EOFHeaderError:
+            raise  # the zero blocks that end a tar: a genuine end
+        except tarfile.EmptyHeaderError as error:
+            raise _DamagedTar("the file ends without tar's end-of-archive blocks") from error
+        except (tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as error:
+            raise _DamagedTar(f"{error} in a member header") from error
+
+
 def _tar_samples(shard, caption_extension, image_extensions, skipped):
-    key, image, caption = None, None, b""
+    key, image, caption, has_caption = None, None, b"", False
+    where = "member 0 (header at byte 0)"  # what is being read, for the report if it is damaged
 
     def finish():
         if key is None:
@@ -189,25 +286,32 @@ def _tar_samples(shard, caption_extension, image_extensions, skipped):
         return f"{shard}:{key}", image, caption
 
     try:
-        with tarfile.open(shard, "r|*") as archive:
-            for member in archive:
-                if not member.isfile():
-                    continue
-                base = os.path.basename(member.name)
-                stem, _, extension = base.partition(".")
-                member_key = os.path.join(os.path.dirname(member.name), stem)
-                if member_key != key:
-                    sample = finish()
-                    if sample:
-                        yield sample
-                    key, image, caption = member_key, None, b""
-                extension = extension.lower()
-                if extension in image_extensions:
-                    image = archive.extractfile(member).read()
-                elif extension == caption_extension:
-                    caption = archive.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as error:
-        skipped.add(f"{shard} (unreadable after key {key}: {error})")
+        with tarfile.open(shard, "r|*", tarinfo=_CheckedTarInfo) as archive:
+            for index, member in enumerate(archive):
+                if member.isfile():
+                    base = os.path.basename(member.name)
+                    stem, _, extension = base.partition(".")
+                    member_key = os.path.join(os.path.dirname(member.name), stem)
+                    if member_key != key:
+                        sample = finish()
+                        if sample:
+                            yield sample
+                        key, image, caption, has_caption = member_key, None, b"", False
+                    extension = extension.lower()
+                    where = f"member {index} ({member.name}, data at byte {member.offset_data})"
+                    if extension in image_extensions:
+                        image = archive.extractfile(member).read()
+                    elif extension == caption_extension:
+                        caption, has_caption = archive.extractfile(member).read(), True
+                where = f"member {index + 1} (header at byte {archive.offset})"
+    except (_DamagedTar, tarfile.TarError, OSError, EOFError) as error:
+        # Keep every sample before the damage; the one being read is kept only if it is whole as far as
+        # we can tell (image and caption read), since its missing member may be the caption.
+        skipped.add(f"{shard} (damaged at {where}: {error}; the samples before it are kept)")
+        if image is not None and has_caption:
+            yield f"{shard}:{key}", image, caption
+        elif key is not None:
+            skipped.add(f"{shard}:{key} (incomplete: the shard is damaged inside this sample)")
         return
     sample = finish()
     if sample:
@@ -230,18 +334,61 @@ def read_tfrecords(shards, tokenizer, image_preprocessor, batch_size, *, image_f
     >>> ds = read_tfrecords("data/*.tfrecord", ...)  # doctest: +SKIP
     """
     files = _list_files(shards, "tfrecord")
-    features = {
-        image_feature: tf.io.FixedLenFeature([], tf.string, default_value=""),
-        caption_feature: tf.io.FixedLenFeature([], tf.string, default_value=""),
-        key_feature: tf.io.FixedLenFeature([], tf.string, default_value=""),
-    }
+    skipped = options.setdefault("skipped", SkippedImages())
 
-    def parse(record):
-        example = tf.io.parse_single_example(record, features)
-        return {"name": example[key_feature], "image": example[image_feature], "caption": example[caption_feature]}
+    def samples(file):
+        file = file.decode() if isinstance(file, bytes) else file
+        for index, record in _tfrecord_records(file, skipped):
+            try:
+                feature = tf.train.Example.FromString(record).features.feature
+                key, image, caption = (_bytes_feature(feature, name) for name in
+                                       (key_feature, image_feature, caption_feature))
+            except (DecodeError, ValueError) as error:  # the checksum is fine, the content is no Example
+                skipped.add(f"{file} record {index} (not a tf.train.Example with bytes features: {error})")
+                continue
+            name = f"{file}:{key.decode('utf-8', 'replace')}" if key else f"{file}:record {index}"
+            yield {"name": name, "image": image, "caption": caption}
 
-    source = _interleave_files(files, tf.data.TFRecordDataset, options).map(parse, num_parallel_calls=AUTOTUNE)
+    spec = {key: tf.TensorSpec([], tf.string) for key in ("name", "image", "caption")}
+
+    def open_file(file):
+        return tf.data.Dataset.from_generator(samples, args=(file,), output_signature=spec)
+
+    source = _interleave_files(files, open_file, options)
     return make_pipeline(source, tokenizer, image_preprocessor, batch_size, **_without(options, "shard"))
+
+
+def _tfrecord_records(file, skipped):
+    """(index, bytes) per record of one file, up to any damage, which is reported with its position.
+
+    TFRecordDataset checks each record's CRCs; a bad one raises DataLossError, which inside a pipeline
+    would end the whole epoch. Iterating it here catches that per file.
+    """
+    index, offset = 0, 0
+    records = iter(tf.data.TFRecordDataset(file))
+    while True:
+        try:
+            record = next(records).numpy()
+        except StopIteration:
+            return
+        except tf.errors.OpError as error:
+            message = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", error.message).strip()  # TF's op names are noise
+            skipped.add(f"{file} (damaged at record {index}, byte offset {offset}: {message}; "
+                        "the records before it are kept)")
+            return
+        yield index, record
+        index, offset = index + 1, offset + len(record) + 16  # length (8), its CRC (4), data, data CRC (4)
+
+
+def _bytes_feature(feature, name):
+    """The first bytes value of a feature, b"" when absent (as `FixedLenFeature(default_value="")` gives)."""
+    if name not in feature:
+        return b""
+    kind = feature[name].WhichOneof("kind")
+    if kind != "bytes_list":
+        raise ValueError(f"feature {name!r} is a {kind}, not a bytes_list")
+    values = feature[name].bytes_list.value
+    return values[0] if values else b""
 
 
 def _list_files(shards, kind):
