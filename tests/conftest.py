@@ -13,6 +13,11 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    # Most of XLA:CPU's compile time for a tiny model goes to LLVM's code optimisation,
+    # which buys nothing at this size (the tiny model's first training step: 9.7 s
+    # instead of 13.6 s). The HLO and float semantics are those of the default level.
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
 import keras
 import numpy as np

@@ -41,7 +41,7 @@ def full_batch_run():
     return data, trained_weights(None, 3, data)[0]
 
 
-@pytest.mark.parametrize("micro_batch_size", [1, BATCH] if ON_TENSORFLOW else [1, 2, BATCH])
+@pytest.mark.parametrize("micro_batch_size", [1, 2, BATCH])
 def test_micro_batches_give_the_weights_of_the_full_batch(full_batch_run, micro_batch_size):
     data, expected = full_batch_run
     actual, model = trained_weights(micro_batch_size, 3, data)
