@@ -210,3 +210,89 @@ def test_siglit_locks_a_pretrained_image_tower(tmp_path):
     with pytest.raises(ValueError, match="does not match the SigLiT config"):
         siglit(str(tmp_path), PRESETS["siglip_tiny_patch14_28"]["config"])
     assert not SigLIP.from_preset("siglit_tiny_patch4_16").image_encoder.trainable
+
+
+# -- no network: said so, at once, in the library's summary of the sources tried -----------------------
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every connection fails as it does offline (no DNS); nothing can be downloaded."""
+    import socket
+
+    pytest.importorskip("keras_hub")
+    pytest.importorskip("huggingface_hub")
+    pytest.importorskip("kagglehub")
+    from keras_hub.src.utils import preset_utils  # noqa: F401 (imported before the clock starts)
+
+    def unreachable(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", unreachable)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for proxy in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", "/nonexistent-hf-cache")  # nothing cached to fall back to
+
+
+@pytest.mark.parametrize("handle", ["hf://google/siglip-base-patch16-224",
+                                    "kaggle://keras/siglip/keras/siglip_base_patch16_224/1"])
+def test_offline_handle_says_no_network_at_once(no_network, handle):
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(ValueError) as info:
+        SigLIP.from_preset(handle)
+    elapsed = time.monotonic() - start
+    message = str(info.value)
+    assert message.startswith(f"Could not load preset {handle!r} from any of its sources:\n  {handle}: "), message
+    assert "Name or service not known" in message and message.endswith("(a network error: no network?)"), message
+    assert "config.json" not in message  # the network error is not passed off as a missing file
+    assert elapsed < 5, elapsed  # no half-minute of retries
+
+
+def test_offline_builtin_name_says_no_network_for_every_source(no_network, monkeypatch):
+    tf = pytest.importorskip("tensorflow")
+    import time
+
+    real_exists = tf.io.gfile.exists
+
+    def gcs_offline(path):  # TensorFlow's own gs:// client is C++ (curl), beyond Python's socket
+        if str(path).startswith("gs://"):
+            raise tf.errors.FailedPreconditionError(
+                None, None, "libcurl code 6 meaning 'Could not resolve hostname', error details: Could not resolve "
+                            "host: storage.googleapis.com")
+        return real_exists(path)
+
+    monkeypatch.setattr(tf.io.gfile, "exists", gcs_offline)
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="Could not load preset 'siglip_base_patch16_224' from any") as info:
+        SigLIP.from_preset("siglip_base_patch16_224")
+    assert time.monotonic() - start < 10
+    lines = str(info.value).splitlines()[1:]
+    assert [line.split(": ")[0].strip() for line in lines] == PRESETS["siglip_base_patch16_224"]["sources"]
+    assert all(line.endswith("(a network error: no network?)") for line in lines), lines
+
+
+def test_a_download_failing_midway_is_reported_as_a_network_error(monkeypatch):
+    """The connection check passes, then the download client fails (here kagglehub's requests)."""
+    pytest.importorskip("kagglehub")
+    requests = pytest.importorskip("requests")
+    import kagglehub
+
+    def dropped(*args, **kwargs):
+        raise requests.exceptions.ConnectionError("Connection aborted: RemoteDisconnected")
+
+    monkeypatch.setattr(kagglehub, "model_download", dropped)
+    handle = "kaggle://keras/siglip/keras/siglip_base_patch16_224/1"
+    with pytest.raises(ValueError, match=r"(?s)from any of its sources:\n  kaggle://keras/siglip/keras/"
+                                         r"siglip_base_patch16_224/1: ConnectionError: Connection aborted.*no network"):
+        SigLIP.from_preset(handle)
+    # Not every failure is the network's: a missing file is still reported as one.
+    monkeypatch.setattr(kagglehub, "model_download", lambda *a, **k: (_ for _ in ()).throw(
+        ValueError("'config.json' is not present in the model files")))
+    with pytest.raises(ValueError, match="has no config.json"):
+        SigLIP.from_preset(handle)

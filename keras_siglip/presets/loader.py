@@ -18,6 +18,10 @@ when preprocessing is saved along.
 import collections
 import json
 import os
+import re
+import socket
+import urllib.parse
+import urllib.request
 
 import keras
 import numpy as np
@@ -67,6 +71,10 @@ def from_preset(handle, load_weights=True, dtype=None):
     if not isinstance(handle, (str, os.PathLike)):
         raise ValueError(f"A preset handle must be a string or path; got {type(handle).__name__}.")
     handle = os.fspath(handle)
+    return _reporting_network_errors(handle, lambda: _from_preset(handle, load_weights, dtype))
+
+
+def _from_preset(handle, load_weights, dtype):
     if handle in registry.PRESETS:
         return _from_builtin(handle, load_weights, dtype)
     if _is_name(handle):
@@ -107,7 +115,7 @@ def load_preset(handle, load_weights=True, dtype=None):
         loaded = _first_source(handle, entry, lambda source: load_preset(source, dtype=dtype))
         return loaded._replace(model=_fit_registry(handle, entry["config"], loaded.model))
     model = from_preset(handle, load_weights=load_weights, dtype=dtype)
-    return LoadedPreset(model, *_preprocessing(handle, model))
+    return LoadedPreset(model, *_reporting_network_errors(handle, lambda: _preprocessing(handle, model)))
 
 
 def _preprocessing(handle, model):
@@ -154,9 +162,12 @@ def _keras_hub_siglip_presets():
 
 
 def _load_config(handle):
+    _check_reachable(handle)
     try:
         return preset_utils.load_json(handle, preset_utils.CONFIG_FILE)
-    except FileNotFoundError:
+    except FileNotFoundError as error:
+        if _network_failure(error) is not None:
+            raise  # keras-hub turns "cannot reach the Hub" into FileNotFoundError: not a missing file
         raise ValueError(f"{handle} has no config.json: it is not a preset folder or checkpoint.") from None
     except json.JSONDecodeError as error:
         raise ValueError(f"{handle}/config.json is not valid JSON (truncated or corrupt?): {error}") from None
@@ -181,7 +192,7 @@ def _first_source(name, entry, load):
         except Exception as error:  # noqa: BLE001
             # Every download client fails its own way offline (requests, kagglehub, TensorFlow's
             # FailedPreconditionError for gs://): each is reported, then the next source is tried.
-            errors.append(f"  {source}: {type(error).__name__}: {_first_line(error)}")
+            errors.append(_source_line(source, error))
     raise ValueError(f"Could not load preset {name!r} from any of its sources:\n" + "\n".join(errors))
 
 
@@ -189,6 +200,78 @@ def _first_line(error):
     text = str(error).strip()
     return (text.splitlines() or [""])[0][:300]
 
+
+def _source_line(source, error):
+    """One line of the summary: the source and why it failed, the network error itself if there is one."""
+    network = _network_failure(error)
+    if network is None:
+        return f"  {source}: {type(error).__name__}: {_first_line(error)}"
+    return f"  {source}: {type(network).__name__}: {_first_line(network)} (a network error: no network?)"
+
+
+def _reporting_network_errors(handle, load):
+    """`load()`, with a network failure for a remote handle reported as such, in the summary's format."""
+    try:
+        return load()
+    except Exception as error:
+        if "://" not in handle or _network_failure(error) is None:
+            raise
+        raise ValueError(f"Could not load preset {handle!r} from any of its sources:\n"
+                         + _source_line(handle, error)) from error
+
+
+# Exceptions of the download clients (requests, httpx, urllib3, huggingface_hub) that mean "could not
+# reach the server", by class name so that none of those packages needs importing here.
+_NETWORK_ERRORS = {"ConnectionError", "ConnectTimeout", "ConnectError", "TimeoutException", "Timeout",
+                   "NewConnectionError", "NameResolutionError", "MaxRetryError", "OfflineModeIsEnabled",
+                   "LocalEntryNotFoundError", "gaierror", "TimeoutError"}
+# TensorFlow's gs:// client reports curl's failures as FailedPrecondition / Unavailable errors.
+_NETWORK_MESSAGE = re.compile(r"resolve host|resolve hostname|couldn't connect|network is unreachable", re.I)
+
+
+def _network_failure(error):
+    """The innermost network error in `error`'s chain of causes (None if there is none).
+
+    Innermost, because the outer ones hide what happened (huggingface_hub's
+    LocalEntryNotFoundError becomes keras-hub's "doesn't exist" FileNotFoundError).
+    """
+    found, seen = None, set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        names = {cls.__name__ for cls in type(error).__mro__}
+        if names & _NETWORK_ERRORS or (names & {"FailedPreconditionError", "UnavailableError"}
+                                       and _NETWORK_MESSAGE.search(str(error))):
+            found = error
+        # The chain Python prints: the cause, else the context unless `raise ... from None` hid it.
+        error = error.__cause__ if error.__cause__ is not None or error.__suppress_context__ else error.__context__
+    return found
+
+
+def _check_reachable(handle, timeout=5.0):
+    """Refuses an `hf://` handle at once when the Hub cannot be reached and nothing is cached.
+
+    huggingface_hub retries a failed connection for about half a minute before
+    it reports the file "not found"; one connection attempt says the same in a
+    moment. Skipped where a proxy is set (a direct connection proves nothing
+    there), with HF_HUB_OFFLINE (only the cache is read) and when config.json is
+    in the cache (huggingface_hub falls back to it).
+    """
+    if not handle.startswith("hf://"):
+        return
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    host = urllib.parse.urlparse(constants.ENDPOINT)
+    name, port = host.hostname, host.port or (443 if host.scheme == "https" else 80)
+    if constants.HF_HUB_OFFLINE or urllib.request.getproxies().get(host.scheme):
+        return
+    repo = handle.removeprefix("hf://")
+    if isinstance(huggingface_hub.try_to_load_from_cache(repo, preset_utils.CONFIG_FILE), str):
+        return
+    try:
+        socket.create_connection((name, port), timeout=timeout).close()
+    except OSError as error:
+        raise ConnectionError(f"cannot connect to {name}:{port} ({error})") from None
 
 def _fit_registry(name, config, model):
     """Checks a downloaded model against the registry; drops an identity text head it lacks."""
