@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 
 import keras
 import numpy as np
@@ -296,3 +297,88 @@ def test_a_download_failing_midway_is_reported_as_a_network_error(monkeypatch):
         ValueError("'config.json' is not present in the model files")))
     with pytest.raises(ValueError, match="has no config.json"):
         SigLIP.from_preset(handle)
+
+
+# -- a config that disagrees with the weights: refused before the model is built -----------------------
+
+
+def edit_config(folder, **towers):
+    """Rewrites the towers' entries of a saved preset's config.json, e.g. image_encoder={"depth": 3}."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    for tower, changes in towers.items():
+        config["config"][tower]["config"].update(changes)
+    path.write_text(json.dumps(config))
+
+
+def test_native_config_that_disagrees_with_the_weights_is_refused(tmp_path, monkeypatch):
+    import time
+
+    from keras_siglip.presets import registry
+
+    SigLIP.from_preset("siglip_tiny_patch4_16").save_to_preset(str(tmp_path))  # two 2-block, width-32 towers
+    original = (tmp_path / "config.json").read_text()
+
+    def no_building(*args, **kwargs):
+        raise AssertionError("the model was built before the config was checked")
+
+    monkeypatch.setattr(keras.saving, "deserialize_keras_object", no_building)
+    monkeypatch.setattr(registry, "build_model", no_building)
+    edit_config(tmp_path, image_encoder={"width": 8192, "depth": 48, "mlp_dim": 32768, "num_heads": 64},
+                text_encoder={"width": 8192, "depth": 48})
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=r"config\.json disagrees with .*model\.weights\.h5: image_encoder depth 48 "
+                                         r"in the config, 2 blocks in the weights; image_encoder width 8192 in the "
+                                         r"config, 32 in the weights; image_encoder mlp_dim 32768 .*Refused before"):
+        SigLIP.from_preset(str(tmp_path))
+    assert time.monotonic() - start < 5
+
+    for changes, problem in [({"depth": 3}, "text_encoder depth 3 in the config, 2 blocks in the weights"),
+                             ({"num_heads": 3}, "text_encoder num_heads 3 does not divide its width 32"),
+                             ({"vocabulary_size": 65}, "text_encoder vocabulary_size 65 in the config, 64 in")]:
+        (tmp_path / "config.json").write_text(original)
+        edit_config(tmp_path, text_encoder=changes)
+        with pytest.raises(ValueError, match=f"disagrees with .*{re.escape(problem)}"):
+            SigLIP.from_preset(str(tmp_path))
+    monkeypatch.undo()
+    # Another head count that divides the width leaves the shapes as they are: the config decides, and it is kept.
+    (tmp_path / "config.json").write_text(original)
+    edit_config(tmp_path, image_encoder={"num_heads": 4})
+    assert SigLIP.from_preset(str(tmp_path)).image_encoder.num_heads == 4
+    # Architecture only: there are no weights to disagree with.
+    (tmp_path / "config.json").write_text(original)
+    edit_config(tmp_path, text_encoder={"depth": 3})
+    assert len(SigLIP.from_preset(str(tmp_path), load_weights=False).text_encoder.blocks) == 3
+
+
+def test_transformers_config_that_disagrees_with_the_weights_is_refused(tmp_path, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("safetensors")
+    from keras_siglip.presets import registry
+
+    text = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=8)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=16,
+                  patch_size=4)
+    transformers.SiglipModel(transformers.SiglipConfig(text_config=text, vision_config=vision)).save_pretrained(
+        str(tmp_path), safe_serialization=True)
+    assert SigLIP.from_preset(str(tmp_path)).count_params() > 0  # as written, it loads
+    original = (tmp_path / "config.json").read_text()
+
+    def no_building(*args, **kwargs):
+        raise AssertionError("the model was built before the config was checked")
+
+    monkeypatch.setattr(registry, "build_model", no_building)
+    for changes, problem in [
+        ({"hidden_size": 8192, "num_hidden_layers": 48, "intermediate_size": 32768, "num_attention_heads": 64},
+         r"lacks 736 expected key\(s\): vision_model\.encoder\.layers\.10\."),  # keys first: layers 2-47, 16 each
+        ({"hidden_size": 8192, "intermediate_size": 32768, "num_attention_heads": 64},
+         r"its config describes [\d,]+ parameters \(image tower width 8192, depth 2; .*its weights hold [\d,]+\. "
+         "Refused before building"),
+        ({"num_hidden_layers": 3}, r"lacks 16 expected key\(s\): vision_model\.encoder\.layers\.2\."),
+    ]:
+        config = json.loads(original)
+        config["vision_config"].update(changes)
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        with pytest.raises(ValueError, match=problem):
+            SigLIP.from_preset(str(tmp_path))

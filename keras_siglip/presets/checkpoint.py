@@ -138,6 +138,23 @@ def _listing(keys, limit=12):
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+def check_keys(arrays, rules, source_name, ignored=()):
+    """Refuses a checkpoint with keys the rules expect and it lacks, or keys no rule (nor `ignored`) reads.
+
+    Needs no model, so a checkpoint of another depth than its config is refused before one is built.
+    """
+    missing = sorted({rule.source for rule in rules if rule.source not in arrays})
+    if missing:
+        raise ValueError(f"{source_name} lacks {len(missing)} expected key(s): {_listing(missing)}.")
+    used = {rule.source for rule in rules} | set(ignored)
+    unexpected = [key for key in arrays if key not in used]
+    if unexpected:
+        raise ValueError(
+            f"{source_name} has {len(unexpected)} unexpected key(s) that the model has no place for: "
+            f"{_listing(unexpected)}."
+        )
+
+
 def assign(model, arrays, rules, source_name, ignored=()):
     """Writes `arrays[rule.source]` (transformed) into the model's weight `rule.target`.
 
@@ -149,16 +166,7 @@ def assign(model, arrays, rules, source_name, ignored=()):
         ignored: source keys that are known and deliberately unused.
     """
     weights = model_weights(model)
-    missing = sorted({rule.source for rule in rules if rule.source not in arrays})
-    if missing:
-        raise ValueError(f"{source_name} lacks {len(missing)} expected key(s): {_listing(missing)}.")
-    used = {rule.source for rule in rules} | set(ignored)
-    unexpected = [key for key in arrays if key not in used]
-    if unexpected:
-        raise ValueError(
-            f"{source_name} has {len(unexpected)} unexpected key(s) that the model has no place for: "
-            f"{_listing(unexpected)}."
-        )
+    check_keys(arrays, rules, source_name, ignored)
     unknown_targets = [rule.target for rule in rules if rule.target not in weights]
     if unknown_targets:  # the table and the model disagree: a bug here, not in the checkpoint
         raise ValueError(f"Conversion table names weights the model lacks: {_listing(unknown_targets)}.")

@@ -28,7 +28,7 @@ import numpy as np
 
 from keras_siglip.extras import require
 from keras_siglip.presets import big_vision_format, hf_format, keras_hub_format, registry
-from keras_siglip.presets.checkpoint import assign, load_npz, load_safetensors, model_weights
+from keras_siglip.presets.checkpoint import assign, check_keys, load_npz, load_safetensors, model_weights
 
 OUR_CLASS = "keras_siglip>SigLIP"
 
@@ -300,17 +300,69 @@ def _from_native(handle, config, load_weights, dtype):
         config["config"]["dtype"] = policy
         for tower in ("image_encoder", "text_encoder"):
             config["config"][tower]["config"]["dtype"] = policy
+    path = preset_utils.get_file(handle, preset_utils.MODEL_WEIGHTS_FILE) if load_weights else None
+    if path is not None:
+        _check_native_config(handle, config, path)  # before building: a wrong config may be huge
     try:
         model = keras.saving.deserialize_keras_object(config)
     except (TypeError, KeyError) as error:
         raise ValueError(f"{handle}/config.json does not describe a valid SigLIP: {error}") from None
-    if load_weights:
-        _load_native_weights(model, handle)
+    if path is not None:
+        _load_native_weights(model, handle, path)
     return model
 
 
-def _load_native_weights(model, handle):
-    path = preset_utils.get_file(handle, preset_utils.MODEL_WEIGHTS_FILE)
+def _h5_shapes(path):
+    """`{key: shape}` of every array in a Keras `.weights.h5`, read from its headers only."""
+    import h5py
+
+    shapes = {}
+    try:
+        with h5py.File(path, "r") as file:
+            file.visititems(lambda key, item: shapes.__setitem__(key, item.shape)
+                            if isinstance(item, h5py.Dataset) else None)
+    except (OSError, KeyError) as error:
+        raise ValueError(f"Cannot read {path} (truncated or corrupt?): {type(error).__name__}: {error}") from None
+    return shapes
+
+
+# What each tower's config says, and the weight (key suffix, axis) that says the same: the shapes that
+# make a model of another size. The head count leaves no trace in the shapes; for this format the config
+# is authoritative on it, so it is only checked to divide the width.
+_TOWER_SHAPES = {
+    "width": ("encoder_norm/vars/0", 0),
+    "mlp_dim": ("/mlp/hidden/vars/0", 1),
+    "patch_size": ("patch_embedding/patch_projection/vars/0", 0),
+    "vocabulary_size": ("token_embedding/vars/0", 0),
+}
+
+
+def _check_native_config(handle, config, path):
+    """Refuses a config.json whose towers disagree with the shapes and keys of model.weights.h5."""
+    shapes = _h5_shapes(path)
+    problems = []
+    for tower in ("image_encoder", "text_encoder"):
+        spec = config["config"].get(tower, {})
+        if spec.get("registered_name") not in (f"keras_siglip>{n}" for n in ("ImageEncoder", "TextEncoder")):
+            continue  # another library's tower (a keras-hub backbone): Keras checks its weights on loading
+        claimed, keys = spec.get("config", {}), [key for key in shapes if f"{tower}/" in key]
+        blocks = {match.group(0) for key in keys if (match := re.search(r"blocks/encoder_block(_\d+)?/", key))}
+        if "depth" in claimed and len(blocks) != claimed["depth"]:
+            problems.append(f"{tower} depth {claimed['depth']} in the config, {len(blocks)} blocks in the weights")
+        for name, (suffix, axis) in _TOWER_SHAPES.items():
+            found = sorted({shapes[key][axis] for key in keys if key.endswith(suffix)})
+            if name in claimed and found and found != [claimed[name]]:
+                problems.append(f"{tower} {name} {claimed[name]} in the config, {'/'.join(map(str, found))} "
+                                "in the weights")
+        heads, width = claimed.get("num_heads"), claimed.get("width")
+        if isinstance(heads, int) and isinstance(width, int) and (heads < 1 or width % heads):
+            problems.append(f"{tower} num_heads {heads} does not divide its width {width}")
+    if problems:
+        raise ValueError(f"{handle}/config.json disagrees with {path}: " + "; ".join(problems)
+                         + ". Refused before building the model.")
+
+
+def _load_native_weights(model, handle, path):
     try:
         model.load_weights(path)
     except ValueError as error:
@@ -320,6 +372,20 @@ def _load_native_weights(model, handle):
 
 
 def _converted(config, arrays, rules, source_name, ignored, dtype, load_weights):
+    if load_weights:  # a config that disagrees with the weights may describe a huge model: check first
+        rules = list(rules)
+        check_keys(arrays, rules, source_name, ignored)  # another depth: keys missing or left over
+        # Another width: a model much larger than the weights (already in memory) is refused unbuilt; one
+        # of about their size costs no more to build, and `assign` then names the key that does not fit.
+        expected = registry.count_parameters(config)
+        found = sum(int(np.prod(array.shape)) for key, array in arrays.items() if key not in ignored)
+        if expected > 2 * found:
+            raise ValueError(
+                f"{source_name}: its config describes {expected:,} parameters (image tower width "
+                f"{config['image']['width']}, depth {config['image']['depth']}; text tower width "
+                f"{config['text']['width']}, depth {config['text']['depth']}), its weights hold {found:,}. "
+                "Refused before building the model."
+            )
     model = registry.build_model(config, dtype=dtype)
     if load_weights:
         assign(model, arrays, rules, source_name, ignored=ignored)
