@@ -226,6 +226,30 @@ def model_config(model):
     return {"image": image_config, "text": text_config}
 
 
+def siglip_layout_problems(config, vision_name, text_name):
+    """What in `config` a checkpoint with SigLIP's released layout (transformers, keras-hub) cannot hold.
+
+    Args:
+        config: `{"image": ..., "text": ...}` as `model_config` gives it.
+        vision_name, text_name: how messages name the target's towers.
+
+    Returns:
+        A list of problems, empty when the towers fit.
+    """
+    image, text = config["image"], config["text"]
+    problems = []
+    if image["pooling"] != "map":
+        problems.append(f"the image tower pools with {image['pooling']!r}; {vision_name} uses a MAP head")
+    if image["output_dim"]:
+        problems.append(f"the image tower has a {image['output_dim']}-wide head; {vision_name} has none")
+    if image["position_embedding"] != "learned":
+        problems.append(f"the image tower's position embedding is {image['position_embedding']!r}, not a "
+                        "learned weight")
+    if text["pooling"] != "last":
+        problems.append(f"the text tower pools the {text['pooling']!r} token(s); {text_name} pools the last one")
+    return problems
+
+
 def export_arrays(model, rules, target_name, progress=None):
     """The inverse of `assign`: `{source_key: float32 numpy array}` from the model's weights.
 

@@ -8,7 +8,9 @@ The config is read without importing transformers: missing fields take
 
 import numpy as np
 
-from keras_siglip.presets.checkpoint import Rule, Transform, add_axis, identity, permute, scalar, transpose
+from keras_siglip.presets.checkpoint import (
+    Rule, Transform, add_axis, identity, permute, scalar, siglip_layout_problems, transpose,
+)
 
 _TOWER_DEFAULTS = dict(
     hidden_size=768,
@@ -146,16 +148,7 @@ IGNORED_KEYS = ("text_model.embeddings.position_ids", "vision_model.embeddings.p
 def check_exportable(config):
     """Refuses, naming the problem, a model `SiglipModel` cannot hold."""
     image, text = config["image"], config["text"]
-    problems = []
-    if image["pooling"] != "map":
-        problems.append(f"the image tower pools with {image['pooling']!r}; SiglipModel's vision tower uses a MAP head")
-    if image["output_dim"]:
-        problems.append(f"the image tower has a {image['output_dim']}-wide head; SiglipModel's vision tower has none")
-    if image["position_embedding"] != "learned":
-        problems.append(f"the image tower's position embedding is {image['position_embedding']!r}, not a "
-                        "learned weight")
-    if text["pooling"] != "last":
-        problems.append(f"the text tower pools the {text['pooling']!r} token(s); SiglipModel pools the last one")
+    problems = siglip_layout_problems(config, "SiglipModel's vision tower", "SiglipModel")
     if text["width"] != image["width"] and not text["output_dim"]:
         problems.append("the towers differ in width and the text tower has no head")
     if problems:

@@ -10,7 +10,7 @@ Exporting runs the same table backwards (`checkpoint.export_arrays`) into a
 
 import keras
 
-from keras_siglip.presets.checkpoint import Rule, add_axis, identity, scalar_of, to_shape
+from keras_siglip.presets.checkpoint import Rule, add_axis, identity, scalar_of, siglip_layout_problems, to_shape
 
 
 def load_backbone(handle):
@@ -57,17 +57,8 @@ def backbone_arrays(backbone):
 
 def check_exportable(config):
     """Refuses, naming the problem, a model keras-hub's `SigLIPBackbone` cannot hold."""
-    image, text = config["image"], config["text"]
-    problems = []
-    if image["pooling"] != "map":
-        problems.append(f"the image tower pools with {image['pooling']!r}; SigLIPVisionEncoder uses a MAP head")
-    if image["output_dim"]:
-        problems.append(f"the image tower has a {image['output_dim']}-wide head; SigLIPVisionEncoder has none")
-    if image["position_embedding"] != "learned":
-        problems.append(f"the image tower's position embedding is {image['position_embedding']!r}, not a "
-                        "learned weight")
-    if text["pooling"] != "last":
-        problems.append(f"the text tower pools the {text['pooling']!r} token(s); SigLIPTextEncoder pools the last one")
+    text = config["text"]
+    problems = siglip_layout_problems(config, "SigLIPVisionEncoder", "SigLIPTextEncoder")
     if not text["output_dim"]:
         problems.append("the text tower has no head; SigLIPTextEncoder always projects")
     if problems:
