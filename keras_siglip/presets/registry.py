@@ -26,6 +26,14 @@ def siglip_config(variant, image_size, patch_size, vocabulary_size=ENGLISH_VOCAB
     }
 
 
+def naflex_config(variant, patch_size, position_grid_size=16, vocabulary_size=256_000, sequence_length=64):
+    """The two-tower config of a SigLIP 2 NaFlex model: a `NaFlexImageEncoder` (no fixed image size)."""
+    config = siglip_config(variant, 0, patch_size, vocabulary_size, sequence_length)
+    del config["image"]["image_size"]
+    config["image"]["position_grid_size"] = position_grid_size
+    return config
+
+
 BIG_VISION_BUCKET = "gs://big_vision/siglip"
 
 
@@ -144,8 +152,12 @@ def count_parameters(config):
     """Parameters of the `SigLIP` that `build_model(config)` builds, counted without building it."""
     image, text = config["image"], config["text"]
     width, mlp_dim, patch = image["width"], image["mlp_dim"], image["patch_size"]
-    height, width_px = (image["image_size"],) * 2 if isinstance(image["image_size"], int) else image["image_size"]
-    patches = (height // patch) * (width_px // patch)
+    if "position_grid_size" in image:  # NaFlex: the learned grid, whatever the images
+        patches = image["position_grid_size"] ** 2
+    else:
+        size = image["image_size"]
+        height, width_px = (size,) * 2 if isinstance(size, int) else size
+        patches = (height // patch) * (width_px // patch)
     image_count = patch * patch * 3 * width + width + patches * width + _encoder_blocks(**image)
     if image.get("pooling", "map") == "map":
         image_count += width + 4 * (width * width + width) + 2 * width + 2 * width * mlp_dim + mlp_dim + width
@@ -159,7 +171,12 @@ def build_model(config, dtype=None, lock_image_tower=False):
     """A randomly initialised `SigLIP` from a `{"image": ..., "text": ...}` config."""
     from keras_siglip.models.siglip.siglip_model import SigLIP
 
-    image_encoder = ImageEncoder(**config["image"], dtype=dtype)
+    if "position_grid_size" in config["image"]:
+        from keras_siglip.models.siglip.naflex_image_encoder import NaFlexImageEncoder
+
+        image_encoder = NaFlexImageEncoder(**config["image"], dtype=dtype)
+    else:
+        image_encoder = ImageEncoder(**config["image"], dtype=dtype)
     text_encoder = TextEncoder(**config["text"], dtype=dtype)
     return SigLIP(image_encoder, text_encoder, dtype=dtype, lock_image_tower=lock_image_tower)
 

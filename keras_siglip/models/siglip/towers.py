@@ -101,9 +101,10 @@ class _Encoder(keras.layers.Layer):
             )
             self.head.build(pooled_shape)
 
-    def _encode(self, tokens):
+    def _encode(self, tokens, attention_mask=None):
+        """The blocks and final norm; `attention_mask` `(batch, tokens)` keeps attention off padding."""
         for block in self.blocks:
-            tokens = block(tokens)
+            tokens = block(tokens) if attention_mask is None else block(tokens, attention_mask=attention_mask)
         return self.encoder_norm(tokens)
 
     def _project(self, pooled):

@@ -63,7 +63,9 @@ class MultiHeadAttention(keras.layers.Layer):
     Going through the fused op lets each backend pick its best kernel (cuDNN or
     flash attention on GPU, XLA's on TPU). Queries and keys/values may come from
     different sequences, which is what MAP pooling needs (one probe query over
-    all patch tokens).
+    all patch tokens). An `attention_mask` of shape `(batch, keys)`, True
+    where a key is real, keeps every query off padded keys (NaFlex's padding
+    patches); without one every key is attended.
 
     The query, key, value and output projections are separate `Dense` layers,
     as in the checkpoints. With `fused_projections` their kernels are joined at
@@ -82,6 +84,8 @@ class MultiHeadAttention(keras.layers.Layer):
     >>> import numpy as np
     >>> attention = MultiHeadAttention(num_heads=2)
     >>> tuple(attention(np.zeros((1, 5, 8)), np.zeros((1, 7, 8))).shape)
+    (1, 5, 8)
+    >>> tuple(attention(np.zeros((1, 5, 8)), attention_mask=np.array([[1, 1, 1, 0, 0]], bool)).shape)
     (1, 5, 8)
     """
 
@@ -130,7 +134,7 @@ class MultiHeadAttention(keras.layers.Layer):
             return ops.split(ops.matmul(rows, kernel) + bias, len(projections), axis=-1)
         return [dense_rows(p, rows) for p in projections]
 
-    def call(self, query, key_value=None):
+    def call(self, query, key_value=None, attention_mask=None):
         batch, width = ops.shape(query)[0], ops.shape(query)[-1]
 
         def heads(rows):
@@ -141,10 +145,14 @@ class MultiHeadAttention(keras.layers.Layer):
         else:
             (q,) = self._project(query, (self.query,))
             k, v = self._project(key_value, (self.key, self.value))
-        attended = ops.dot_product_attention(heads(q), heads(k), heads(v), flash_attention=_flash_attention())
+        if attention_mask is not None:  # (batch, keys) -> (batch, heads, queries, keys) by broadcasting
+            attention_mask = ops.cast(attention_mask, "bool")[:, None, None, :]
+        attended = ops.dot_product_attention(
+            heads(q), heads(k), heads(v), mask=attention_mask, flash_attention=_flash_attention()
+        )
         return from_rows(dense_rows(self.output_projection, ops.reshape(attended, (-1, width))), query)
 
-    def compute_output_shape(self, query_shape, key_value_shape=None):
+    def compute_output_shape(self, query_shape, key_value_shape=None, attention_mask_shape=None):
         return query_shape
 
     def get_config(self):

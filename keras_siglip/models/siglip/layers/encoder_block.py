@@ -22,6 +22,9 @@ class EncoderBlock(keras.layers.Layer):
             and residuals are skipped.
         **kwargs: standard `keras.layers.Layer` arguments.
 
+    `attention_mask` (optional, `(batch, tokens)`, True for real tokens) keeps
+    attention off padded tokens (NaFlex).
+
     `forward_impl` is the computation: the sublayers composed through their
     `call` methods (Keras's layer call runs once, for the block), so on PyTorch
     the whole block can run as one `torch.compile` graph.
@@ -63,23 +66,23 @@ class EncoderBlock(keras.layers.Layer):
         for layer in (self.attention_norm, self.attention, self.mlp_norm, self.mlp):
             layer.build(input_shape)
 
-    def call(self, x):
+    def call(self, x, attention_mask=None):
         if self.torch_compile and backend.BACKEND == "torch" and self.attention.plain and self.mlp.plain:
-            return backend.torch_compiled(EncoderBlock.forward_impl)(self, x)
-        return self.forward_impl(x)
+            return backend.torch_compiled(EncoderBlock.forward_impl)(self, x, attention_mask)
+        return self.forward_impl(x, attention_mask)
 
-    def forward_impl(self, x):
+    def forward_impl(self, x, attention_mask=None):
         """The block's computation (what `call` runs, compiled or not)."""
         normed = self.attention_norm.call(x)
         if self.output_position is None:
-            x = x + self.attention.call(normed)
+            x = x + self.attention.call(normed, attention_mask=attention_mask)
         else:
             position = self.output_position
             one = slice(position, None if position == -1 else position + 1)
-            x = x[:, one] + self.attention.call(normed[:, one], normed)
+            x = x[:, one] + self.attention.call(normed[:, one], normed, attention_mask=attention_mask)
         return x + self.mlp.call(self.mlp_norm.call(x))
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape, attention_mask_shape=None):
         return input_shape if self.output_position is None else (input_shape[0], 1, input_shape[-1])
 
     def get_config(self):

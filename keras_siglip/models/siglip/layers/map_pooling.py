@@ -49,16 +49,16 @@ class MAPPooling(keras.layers.Layer):
         self.mlp = MlpBlock(self.mlp_dim, dtype=self.dtype_policy, name="mlp")
         self.mlp.build(probe_shape)
 
-    def call(self, tokens):
+    def call(self, tokens, attention_mask=None):
         batch = ops.shape(tokens)[0]
         probe = ops.broadcast_to(
             ops.cast(self.probe, tokens.dtype), (batch, 1, ops.shape(self.probe)[-1])
         )
-        x = self.attention(probe, tokens)
+        x = self.attention(probe, tokens, attention_mask=attention_mask)
         x = x + self.mlp(self.layer_norm(x))
         return x[:, 0]
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape, attention_mask_shape=None):
         return (input_shape[0], input_shape[-1])
 
     def get_config(self):
