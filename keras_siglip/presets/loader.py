@@ -27,7 +27,7 @@ import keras
 import numpy as np
 
 from keras_siglip.extras import require
-from keras_siglip.presets import big_vision_format, hf_format, keras_hub_format, registry
+from keras_siglip.presets import big_vision_format, hf_format, hf_siglip2_format, keras_hub_format, registry
 from keras_siglip.presets.checkpoint import assign, check_keys, load_npz, load_safetensors, model_weights
 
 OUR_CLASS = "keras_siglip>SigLIP"
@@ -88,13 +88,13 @@ def _from_preset(handle, load_weights, dtype):
         return _from_native(handle, config, load_weights, dtype)
     if str(config.get("registered_name", "")).endswith("SigLIPBackbone"):
         return from_keras_hub(handle, dtype=dtype, load_weights=load_weights)
-    if config.get("model_type") == "siglip":
+    if config.get("model_type") in ("siglip", "siglip2"):
         return from_transformers(handle, config, dtype=dtype, load_weights=load_weights)
     found = config.get("registered_name") or config.get("model_type") or sorted(config)[:8]
     raise ValueError(
         f"{handle}/config.json describes {found!r}, which is not a SigLIP: expected a keras_siglip preset "
         "(registered_name 'keras_siglip>SigLIP'), a keras-hub SigLIPBackbone or a transformers "
-        "'siglip' model."
+        "'siglip' or 'siglip2' model."
     )
 
 
@@ -121,7 +121,10 @@ def load_preset(handle, load_weights=True, dtype=None):
 def _preprocessing(handle, model):
     from keras_siglip.models.siglip import SigLIPImagePreprocessor, SigLIPTokenizer
 
-    image_converter = SigLIPImagePreprocessor(image_size=model.image_encoder.image_size)
+    if hasattr(model.image_encoder, "input_keys"):  # NaFlex: patches, not a fixed size
+        image_converter = _naflex_preprocessor(handle, model)
+    else:
+        image_converter = SigLIPImagePreprocessor(image_size=model.image_encoder.image_size)
     if handle.endswith(".npz"):
         return None, image_converter
     config = _load_config(handle)
@@ -139,6 +142,17 @@ def _preprocessing(handle, model):
             tokenizer = SigLIPTokenizer(proto=proto, sequence_length=model.text_encoder.sequence_length)
             return tokenizer, image_converter
     return None, image_converter
+
+
+def _naflex_preprocessor(handle, model):
+    """A `NaFlexImagePreprocessor` for the model, with transformers' `max_num_patches` when the folder says it."""
+    from keras_siglip.models.siglip.naflex_image_preprocessor import NaFlexImagePreprocessor
+
+    max_num_patches = 256
+    if not handle.endswith(".npz") and preset_utils.check_file_exists(handle, "preprocessor_config.json"):
+        with open(preset_utils.get_file(handle, "preprocessor_config.json")) as file:
+            max_num_patches = int(json.load(file).get("max_num_patches", max_num_patches))
+    return NaFlexImagePreprocessor(patch_size=model.image_encoder.patch_size, max_num_patches=max_num_patches)
 
 
 def save_preset(folder, model, tokenizer=None, image_converter=None):
@@ -393,9 +407,13 @@ def _converted(config, arrays, rules, source_name, ignored, dtype, load_weights)
 
 
 def from_transformers(handle, config=None, dtype=None, load_weights=True):
-    """A `SigLIP` from a transformers `SiglipModel` folder or `hf://` handle (safetensors only)."""
+    """A `SigLIP` from a transformers `SiglipModel` or `Siglip2Model` (NaFlex) folder or `hf://` handle.
+
+    Safetensors only.
+    """
     config = config or _load_config(handle)
-    our_config = hf_format.infer_config(config)
+    table = hf_siglip2_format if config.get("model_type") == "siglip2" else hf_format
+    our_config = table.infer_config(config)
     paths = []
     if load_weights:
         if preset_utils.check_file_exists(handle, preset_utils.SAFETENSOR_FILE):
@@ -410,8 +428,8 @@ def from_transformers(handle, config=None, dtype=None, load_weights=True):
                 "never pickled pytorch_model.bin files."
             )
     arrays = load_safetensors(paths)
-    return _converted(our_config, arrays, hf_format.rules(our_config), f"transformers checkpoint {handle}",
-                      hf_format.IGNORED_KEYS, dtype, load_weights)
+    return _converted(our_config, arrays, table.rules(our_config), f"transformers checkpoint {handle}",
+                      table.IGNORED_KEYS, dtype, load_weights)
 
 
 def from_keras_hub(handle, dtype=None, load_weights=True):

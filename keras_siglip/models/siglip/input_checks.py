@@ -68,6 +68,12 @@ class BatchChecker:
         for key in self.image_keys:
             if key in x:
                 self._check_finite(key, _to_numpy(x[key]))
+        from keras_siglip.models.siglip.naflex_image_encoder import INPUT_KEYS, naflex_value_problem
+
+        if all(key in x for key in INPUT_KEYS):  # a NaFlex batch: its mask and patch grids must agree
+            problem = naflex_value_problem(*(_to_numpy(x[key]) for key in INPUT_KEYS))
+            if problem:
+                raise ValueError(problem + ".")
         return x
 
     def _check_token_ids(self, ids):
@@ -182,6 +188,10 @@ class BatchChecker:
                             x[key], message=f"{ERROR_MARK}{key} hold NaN or infinite values."
                         )
                     )
+            if all(key in x for key in ("pixel_values", "pixel_attention_mask", "spatial_shapes")):  # NaFlex
+                from keras_siglip.models.siglip.naflex_image_encoder import naflex_tf_assertions
+
+                checks.extend(naflex_tf_assertions(x, ERROR_MARK))
             sizes = [tf.shape(value)[0] for value in x.values() if value.shape.rank]
             for size in sizes[1:]:
                 checks.append(

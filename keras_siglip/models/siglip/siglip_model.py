@@ -163,6 +163,8 @@ class SigLIP(keras.Model):
         """
         if isinstance(images, np.ndarray):
             self.batch_checker.check({"images": images})
+        elif isinstance(images, dict) and all(isinstance(v, np.ndarray) for v in images.values()):
+            self.batch_checker.check(images)  # a NaFlex batch
         return l2_normalize(self._run_tower(self.image_encoder, images, training))
 
     def encode_texts(self, token_ids, training=None):
@@ -205,18 +207,25 @@ class SigLIP(keras.Model):
         (`batch_checker`), never inside the forward pass. With a locked image tower, `"image_embeddings"` may replace `"images"`;
         it then comes back in the `images` slot.
         """
-        image_keys = self.image_input_keys
+        tower_keys = getattr(self.image_encoder, "input_keys", None)  # a tower taking a dict (NaFlex)
+        groups = [tuple(tower_keys) if tower_keys else ("images",)]
+        if self.lock_image_tower:
+            groups.append(("image_embeddings",))
         keys = set(inputs) if isinstance(inputs, dict) else None
-        if keys is None or "token_ids" not in keys or len(keys) != 2 or not keys & set(image_keys):
+        if keys is None or not any(keys == {*group, "token_ids"} for group in groups):
             got = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
-            expected = " or ".join(repr(k) for k in image_keys)
+            expected = " or ".join(", ".join(repr(k) for k in group) for group in groups)
             raise ValueError(f"SigLIP expects a dict with keys {expected} and 'token_ids'; got {got}.")
         if "image_embeddings" in keys:
             images = self._validate_image_embeddings(inputs["image_embeddings"])
+        elif tower_keys:
+            images = {key: inputs[key] for key in tower_keys}
+            self.image_encoder.validate_inputs(images)
         else:
             images = self.image_encoder.validate_inputs(inputs["images"])
         token_ids = self.text_encoder.validate_inputs(inputs["token_ids"])
-        image_batch, text_batch = images.shape[0], token_ids.shape[0]
+        first_image_input = next(iter(images.values())) if isinstance(images, dict) else images
+        image_batch, text_batch = first_image_input.shape[0], token_ids.shape[0]
         if None not in (image_batch, text_batch) and image_batch != text_batch:
             raise ValueError(
                 "SigLIP needs one caption per image: got a batch of "
@@ -286,6 +295,9 @@ class SigLIP(keras.Model):
         negatives, this keeps the contrastive objective of the whole batch.
         """
         micro_batch_size = check_micro_batch_size(micro_batch_size)
+        if micro_batch_size and getattr(self.image_encoder, "input_keys", None):
+            raise ValueError("micro_batch_size splits one image tensor; this image tower takes a dict "
+                             f"({', '.join(self.image_encoder.input_keys)}). Train it without micro-batches.")
         image_paths = [v.path for v in self.image_encoder.trainable_variables]
         if image_tower_learning_rate_multiplier is not None:
             if optimizer != "auto":
@@ -406,7 +418,8 @@ class SigLIP(keras.Model):
     @property
     def image_input_keys(self):
         """The input keys that may carry the images: also `"image_embeddings"` when the image tower is locked."""
-        return ("images", "image_embeddings") if self.lock_image_tower else ("images",)
+        tower_keys = tuple(getattr(self.image_encoder, "input_keys", None) or ("images",))
+        return tower_keys + ("image_embeddings",) if self.lock_image_tower else tower_keys
 
     def _checked(self, x):
         group_size = self.steps_per_execution
