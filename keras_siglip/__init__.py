@@ -2,7 +2,7 @@
 
 The public API, in the order an image and a caption meet it:
 
-- inputs: the readers of `keras_siglip.data`, `SigLIPTokenizer` and
+- inputs: the readers of `keras_siglip.data`, `SigLIPTokenizer` (SigLIP 2: `SigLIP2Tokenizer`) and
   `SigLIPImagePreprocessor` (these need TensorFlow: `pip install "keras-siglip[tensorflow]"`);
 - towers: `ImageEncoder`, `TextEncoder` (built from `keras_siglip.layers`), or
   `KerasHubImageEncoder` for a keras-hub vision backbone;
@@ -31,6 +31,7 @@ __version__ = "0.1.0"
 # imported on first use, so `import keras_siglip` stays as light as `import keras`.
 _LAZY_ATTRIBUTES = {
     "SigLIPTokenizer": "keras_siglip.models.siglip.tokenizer",
+    "SigLIP2Tokenizer": "keras_siglip.models.siglip.siglip2_tokenizer",
     "SigLIPImagePreprocessor": "keras_siglip.models.siglip.image_preprocessor",
     "KerasHubImageEncoder": "keras_siglip.models.siglip.keras_hub_image_encoder",
     "list_presets": "keras_siglip.presets.registry",
@@ -57,6 +58,7 @@ __all__ = [
     "KerasHubImageEncoder",
     "MultipliedLearningRateAdamW",
     "SigLIP",
+    "SigLIP2Tokenizer",
     "SigLIPImagePreprocessor",
     "SigLIPTokenizer",
     "SigmoidLoss",

@@ -12,6 +12,7 @@ from keras_siglip.models.siglip.towers import VARIANTS, ImageEncoder, TextEncode
 
 _LAZY = {
     "SigLIPTokenizer": "keras_siglip.models.siglip.tokenizer",
+    "SigLIP2Tokenizer": "keras_siglip.models.siglip.siglip2_tokenizer",
     "SigLIPImagePreprocessor": "keras_siglip.models.siglip.image_preprocessor",
     "KerasHubImageEncoder": "keras_siglip.models.siglip.keras_hub_image_encoder",
 }
@@ -30,6 +31,7 @@ __all__ = [
     "ImageEncoder",
     "KerasHubImageEncoder",
     "SigLIP",
+    "SigLIP2Tokenizer",
     "SigLIPImagePreprocessor",
     "SigLIPTokenizer",
     "TextEncoder",

@@ -14,7 +14,7 @@ from keras_siglip.models.siglip.tf_preprocessing import preprocessing_function  
 
 SentencePieceTokenizer = keras_hub.tokenizers.SentencePieceTokenizer
 
-LOWERCASE_MODES = ("ascii", "unicode")
+LOWERCASE_MODES = ("ascii", "unicode", "per_character")
 
 # transformers' `canonicalize_text` drops `string.punctuation` and collapses every
 # run of characters for which `str.isspace()` holds. RE2's `\s` is ASCII only, so
@@ -34,7 +34,7 @@ def _lowercase_mode(lowercase):
     if lowercase in LOWERCASE_MODES:
         return lowercase
     raise ValueError(
-        f"`lowercase` must be True, False, 'ascii' or 'unicode'; got {lowercase!r}."
+        f"`lowercase` must be True, False, 'ascii', 'unicode' or 'per_character'; got {lowercase!r}."
     )
 
 
@@ -47,7 +47,9 @@ class SigLIPTokenizer(SentencePieceTokenizer):
 
     1. optionally lowercase (big_vision uses `tf.strings.lower`, which lowers
        ASCII letters only: `lowercase=True` does the same, `"unicode"` lowers
-       every cased letter like `str.lower`);
+       every cased letter like `str.lower`, `"per_character"` like Hugging
+       Face tokenizers' `Lowercase` normalizer, which lowers each character
+       on its own: a word-final capital sigma becomes "σ", not "ς");
     2. optionally canonicalise like transformers' `SiglipTokenizer` (ASCII
        punctuation removed, whitespace runs collapsed to one space, ends
        stripped);
@@ -69,13 +71,14 @@ class SigLIPTokenizer(SentencePieceTokenizer):
             vocabulary).
         sequence_length: int. Length of every output row (64 for most SigLIP
             checkpoints, 16 for So400m/14-224).
-        lowercase: `True` / `"ascii"` (big_vision), `"unicode"` (transformers)
-            or `False`.
+        lowercase: `True` / `"ascii"` (big_vision), `"unicode"` (transformers'
+            `SiglipTokenizer`), `"per_character"` (transformers'
+            `Siglip2Tokenizer`) or `False`.
         canonicalize: bool. Apply transformers' punctuation stripping and
             whitespace collapsing (use with `lowercase="unicode"` to match
             `transformers.SiglipTokenizer` exactly).
         pad_id: int or `None`. The padding id; `None` pads with the EOS id as
-            SigLIP does.
+            SigLIP does (`SigLIP2Tokenizer`: with the vocabulary's pad id).
         **kwargs: `keras_hub.tokenizers.SentencePieceTokenizer` arguments
             (`name`, `dtype`).
 
@@ -145,10 +148,14 @@ class SigLIPTokenizer(SentencePieceTokenizer):
         self._check_vocabulary()
         return self._eos_id
 
+    def _default_padding_id(self):
+        """The padding id when `pad_id` is None: SigLIP pads with EOS."""
+        return self.eos_id
+
     @property
     def padding_id(self):
-        """The id that fills a short text's tail: `pad_id`, else `eos_id`."""
-        return self.eos_id if self.pad_id is None else self.pad_id
+        """The id that fills a short text's tail: `pad_id`, else the default (`eos_id` here)."""
+        return self._default_padding_id() if self.pad_id is None else self.pad_id
 
     # -- tokenization ------------------------------------------------------------
 
@@ -158,6 +165,10 @@ class SigLIPTokenizer(SentencePieceTokenizer):
             texts = tf.strings.lower(texts)
         elif self.lowercase == "unicode":
             texts = tf.strings.lower(texts, encoding="utf-8")
+        elif self.lowercase == "per_character":
+            # TensorFlow lowers like `str.lower`, with the final-sigma rule; without
+            # context a capital sigma is always "σ".
+            texts = tf.strings.lower(tf.strings.regex_replace(texts, "\u03a3", "\u03c3"), encoding="utf-8")
         if self.canonicalize:
             texts = tf.strings.regex_replace(texts, _PUNCTUATION, "")
             texts = tf.strings.regex_replace(texts, _WHITESPACE, " ")
@@ -188,10 +199,10 @@ class SigLIPTokenizer(SentencePieceTokenizer):
         sentence_piece = self._live_sentence_piece()
         texts = tf.convert_to_tensor(inputs)
         if texts.dtype != tf.string:
-            raise ValueError(f"SigLIPTokenizer takes strings; got a tensor of {texts.dtype.name}.")
+            raise ValueError(f"{type(self).__name__} takes strings; got a tensor of {texts.dtype.name}.")
         if texts.shape.rank not in (0, 1, None):
             raise ValueError(
-                f"SigLIPTokenizer takes a string or a 1-D batch of strings; got shape {texts.shape}."
+                f"{type(self).__name__} takes a string or a 1-D batch of strings; got shape {texts.shape}."
             )
         unbatched = texts.shape.rank == 0
         if unbatched:
