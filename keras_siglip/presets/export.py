@@ -63,6 +63,12 @@ def export(model, path, format="transformers", tokenizer=None, image_converter=N
     if not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"The export path must be a string or path; got {type(path).__name__}.")
     path = os.fspath(path)
+    from keras_siglip.presets import export_naflex
+
+    if export_naflex.is_naflex_model(model):  # SigLIP 2 NaFlex: transformers' Siglip2Model only
+        if format != "transformers":
+            raise ValueError(f"A NaFlex model exports to 'transformers' (Siglip2Model) only; got {format!r}.")
+        return export_naflex.to_transformers(model, path, tokenizer, image_converter, progress)
     config = model_config(model)
     if tokenizer is not None:
         _check_tokenizer(tokenizer, config)

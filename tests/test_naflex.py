@@ -1,0 +1,241 @@
+"""SigLIP 2 NaFlex: transformers `Siglip2Model` checkpoints, preprocessing, training, export, bad input.
+
+The reference is transformers itself (torch, CPU): it writes the random-weight
+checkpoints, preprocesses the same raw images with its own
+`Siglip2ImageProcessor` and computes the embeddings.
+"""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import keras_siglip  # noqa: E402
+from keras_siglip import SigLIP  # noqa: E402
+from keras_siglip.models.siglip.naflex_image_encoder import NaFlexImageEncoder  # noqa: E402
+from keras_siglip.models.siglip.naflex_image_preprocessor import NaFlexImagePreprocessor  # noqa: E402
+
+# An odd tower: patch 6 (not 16), 3 heads, a 5x5 position grid resized to non-square patch grids.
+PATCH, GRID, MAX_PATCHES, VOCABULARY, LENGTH = 6, 5, 40, 50, 8
+SIZES = [(30, 90), (200, 100), (7, 300), (64, 64), (45, 20)]
+
+
+def tiny_siglip2(folder, seed=0):
+    """A random transformers Siglip2Model saved to `folder`; every weight perturbed away from its init."""
+    tower = dict(hidden_size=24, intermediate_size=40, num_hidden_layers=2, num_attention_heads=3)
+    config = transformers.Siglip2Config(
+        text_config=dict(tower, vocab_size=VOCABULARY, max_position_embeddings=LENGTH, projection_size=24),
+        vision_config=dict(tower, patch_size=PATCH, num_patches=GRID * GRID),
+    )
+    torch.manual_seed(seed)
+    model = transformers.Siglip2Model(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.2 * torch.randn_like(parameter))
+    model.save_pretrained(folder)
+    transformers.Siglip2ImageProcessorPil(patch_size=PATCH, max_num_patches=MAX_PATCHES).save_pretrained(folder)
+    return model
+
+
+def raw_images(seed=1):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in SIZES]
+
+
+def token_ids(seed=2):
+    return np.random.default_rng(seed).integers(0, VOCABULARY, (len(SIZES), LENGTH)).astype("int32")
+
+
+def hf_embeddings(model, folder, images, ids):
+    processor = transformers.AutoImageProcessor.from_pretrained(folder)
+    inputs = processor(images=images, return_tensors="pt")
+    with torch.no_grad():
+        out = model(input_ids=torch.from_numpy(ids).long(), **inputs)
+    return out.image_embeds.numpy(), out.text_embeds.numpy()
+
+
+def as_numpy(outputs):
+    return [keras.ops.convert_to_numpy(outputs[k]) for k in ("image_embeddings", "text_embeddings")]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("siglip2"))
+    return folder, tiny_siglip2(folder)
+
+
+def test_preprocessor_equals_transformers_processor():
+    images = raw_images()
+    for patch, count in ((16, 64), (PATCH, MAX_PATCHES)):
+        ours = NaFlexImagePreprocessor(patch, count)(images)
+        theirs = transformers.Siglip2ImageProcessorPil(patch_size=patch, max_num_patches=count)(
+            images=images, return_tensors="np")
+        for key in ours:
+            np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
+
+
+def test_siglip2_naflex_checkpoint_matches_transformers(checkpoint):
+    folder, reference = checkpoint
+    model, _, preprocessor = keras_siglip.presets.load_preset(folder)
+    assert isinstance(model.image_encoder, NaFlexImageEncoder)
+    assert (preprocessor.patch_size, preprocessor.max_num_patches) == (PATCH, MAX_PATCHES)
+    images, ids = raw_images(), token_ids()
+    image_embeddings = keras.ops.convert_to_numpy(model.encode_images(preprocessor(images)))
+    text_embeddings = keras.ops.convert_to_numpy(model.encode_texts(ids))
+    theirs = hf_embeddings(reference, folder, images, ids)
+    np.testing.assert_allclose(image_embeddings, theirs[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(text_embeddings, theirs[1], atol=1e-5, rtol=0)
+    # predict on the same dict plus token ids gives the same
+    predicted = model.predict({**preprocessor(images), "token_ids": ids}, batch_size=len(SIZES), verbose=0)
+    np.testing.assert_allclose(predicted["image_embeddings"], theirs[0], atol=1e-5, rtol=0)
+
+
+def test_padding_changes_nothing(checkpoint):
+    model = SigLIP.from_preset(checkpoint[0])
+    images = raw_images()
+    short = NaFlexImagePreprocessor(PATCH, MAX_PATCHES)(images)
+    padded = {key: value for key, value in short.items()}
+    extra = 17
+    padded["pixel_values"] = np.concatenate(
+        [short["pixel_values"], np.random.default_rng(0).normal(size=(len(images), extra, 3 * PATCH**2))
+         .astype("float32")], axis=1)
+    padded["pixel_attention_mask"] = np.pad(short["pixel_attention_mask"], ((0, 0), (0, extra)))
+    np.testing.assert_allclose(*(keras.ops.convert_to_numpy(model.encode_images(x)) for x in (short, padded)),
+                               atol=1e-6)
+
+
+def test_export_to_transformers_round_trip(checkpoint, tmp_path):
+    folder, _ = checkpoint
+    model = SigLIP.from_preset(folder)
+    target = str(tmp_path / "exported")
+    preprocessor = NaFlexImagePreprocessor(PATCH, MAX_PATCHES)
+    keras_siglip.export(model, target, format="transformers", image_converter=preprocessor)
+    with _no_weight_warnings():
+        exported = transformers.Siglip2Model.from_pretrained(target).eval()
+    images, ids = raw_images(), token_ids()
+    theirs = hf_embeddings(exported, target, images, ids)
+    ours = as_numpy(model({**preprocessor(images), "token_ids": ids}))
+    np.testing.assert_allclose(ours[0], theirs[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ours[1], theirs[1], atol=1e-5, rtol=0)
+
+
+class _no_weight_warnings:
+    """Fails when transformers reports missing, unexpected or mismatched weights on loading."""
+
+    def __enter__(self):
+        import logging
+
+        self.records = []
+        self.handler = logging.Handler()
+        self.handler.emit = self.records.append
+        self.logger = logging.getLogger("transformers")
+        self.logger.addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
+        words = ("newly initialized", "not used", "missing", "unexpected", "mismatch")
+        bad = [r.getMessage() for r in self.records if any(w in r.getMessage().lower() for w in words)]
+        assert not bad, bad
+        return False
+
+
+def test_fine_tuning_on_mixed_aspect_images_then_save_and_load(checkpoint, tmp_path):
+    model = SigLIP.from_preset(checkpoint[0])
+    preprocessor = NaFlexImagePreprocessor(PATCH, MAX_PATCHES)
+    data = {**preprocessor(raw_images() + raw_images(seed=3)[:3]),
+            "token_ids": np.random.default_rng(4).integers(0, VOCABULARY, (8, LENGTH)).astype("int32")}
+    model.compile(learning_rate=3e-3)
+    history = model.fit(data, batch_size=8, epochs=6, verbose=0)
+    losses = history.history["loss"]
+    assert losses[-1] < losses[0], losses
+    path = str(tmp_path / "naflex.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    for mine, theirs in zip(as_numpy(model(data)), as_numpy(loaded(data))):
+        np.testing.assert_allclose(mine, theirs, atol=1e-6)
+
+
+def _batch(count=MAX_PATCHES):
+    return {**NaFlexImagePreprocessor(PATCH, count)(raw_images()[:2]), "token_ids": token_ids()[:2]}
+
+
+@pytest.mark.parametrize(
+    "spoil,message",
+    [
+        (lambda b: b["spatial_shapes"].__setitem__((0, 0), 20), "more than the 40"),
+        (lambda b: b["spatial_shapes"].__setitem__((1, 1), 0), "at least one patch"),
+        (lambda b: b["pixel_attention_mask"].__setitem__((0, 0), 0), "pixel_attention_mask of image 0"),
+        (lambda b: b["pixel_attention_mask"].__setitem__((1, -1), 1), "pixel_attention_mask of image 1"),
+    ],
+)
+def test_bad_naflex_batches_are_refused_before_any_step(checkpoint, spoil, message):
+    model = SigLIP.from_preset(checkpoint[0])
+    model.compile()
+    before = [keras.ops.convert_to_numpy(w) for w in model.weights]
+    batch = _batch()
+    spoil(batch)
+    for run in (lambda: model.fit(batch, batch_size=2, verbose=0), lambda: model.train_on_batch(batch),
+                lambda: model.predict(batch, verbose=0),
+                lambda: model.encode_images({k: v for k, v in batch.items() if k != "token_ids"})):
+        with pytest.raises(ValueError, match=message):
+            run()
+    for old, new in zip(before, model.weights):
+        np.testing.assert_array_equal(old, keras.ops.convert_to_numpy(new))
+
+
+def test_bad_images_and_shapes_are_refused():
+    preprocessor = NaFlexImagePreprocessor(PATCH, MAX_PATCHES)
+    with pytest.raises(ValueError, match="zero size"):
+        preprocessor([np.zeros((0, 5, 3), np.uint8)])
+    with pytest.raises(ValueError, match="uint8"):
+        preprocessor([np.zeros((5, 5, 3), np.float32)])
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        preprocessor([np.zeros((5, 5, 4), np.uint8)])
+    encoder = NaFlexImageEncoder.from_variant("tiny", patch_size=PATCH, position_grid_size=GRID)
+    batch = preprocessor(raw_images()[:2])
+    with pytest.raises(ValueError, match="keys"):
+        encoder({"pixel_values": batch["pixel_values"]})
+    with pytest.raises(ValueError, match=r"\(batch, N, 108\)"):
+        encoder(dict(batch, pixel_values=batch["pixel_values"][..., :-1]))
+    with pytest.raises(ValueError, match="pixel_attention_mask must be"):
+        encoder(dict(batch, pixel_attention_mask=batch["pixel_attention_mask"][:, :-1]))
+    with pytest.raises(ValueError, match="ints"):
+        encoder(dict(batch, spatial_shapes=batch["spatial_shapes"].astype("float32")))
+
+
+def test_naflex_model_needs_its_keys(checkpoint):
+    model = SigLIP.from_preset(checkpoint[0])
+    with pytest.raises(ValueError, match="'pixel_values', 'pixel_attention_mask', 'spatial_shapes' and 'token_ids'"):
+        model({"images": np.zeros((2, 12, 12, 3), "float32"), "token_ids": token_ids()[:2]})
+
+
+def test_siglip1_config_is_still_refused_as_siglip2_mismatch(tmp_path):
+    config = transformers.Siglip2Config(vision_config=dict(num_patches=24))
+    (tmp_path / "config.json").write_text(config.to_json_string())
+    with pytest.raises(ValueError, match="num_patches is 24"):
+        SigLIP.from_preset(str(tmp_path), load_weights=False)
+
+
+def test_missing_and_extra_keys_are_named(checkpoint, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    folder = checkpoint[0]
+    arrays = load_file(os.path.join(folder, "model.safetensors"))
+    for name, edited, message in (
+        ("missing", {k: v for k, v in arrays.items() if "position_embedding" not in k or "text" in k},
+         "vision_model.embeddings.position_embedding.weight"),
+        ("extra", dict(arrays, **{"vision_model.extra.weight": np.zeros(2, np.float32)}), "vision_model.extra.weight"),
+        ("shape", dict(arrays, **{"vision_model.embeddings.patch_embedding.weight": np.zeros((24, 75), np.float32)}),
+         "patch_embedding.weight"),
+    ):
+        target = tmp_path / name
+        target.mkdir()
+        (target / "config.json").write_text(open(os.path.join(folder, "config.json")).read())
+        save_file(edited, str(target / "model.safetensors"), metadata={"format": "pt"})
+        with pytest.raises(ValueError, match=message):
+            SigLIP.from_preset(str(target))
