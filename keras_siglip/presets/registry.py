@@ -132,6 +132,59 @@ PRESETS.update(
 )
 
 
+# -- SigLIP 2 --------------------------------------------------------------------
+# FixRes checkpoints: SigLIP 1's towers on Gemma's 256k vocabulary (SigLIP2Tokenizer), 64 tokens.
+# The g-opt image tower is paired with a So400m text tower whose head maps into its 1536 widths.
+GEMMA_VOCABULARY = 256_000
+SIGLIP2_BIG_VISION_BUCKET = "gs://big_vision/siglip2"
+_SIGLIP2_HF_NAME = {"B": "base", "L": "large", "So400m": "so400m", "g-opt": "giant-opt"}
+# keras-hub 0.32's `SigLIPBackbone.presets` handles (it has no B/16-512).
+_SIGLIP2_KERAS_HUB_VERSION = {"siglip2_giant_opt_patch16_256": 2, "siglip2_base_patch16_512": None}
+
+
+def siglip2_config(variant, image_size, patch_size):
+    """The two-tower config of a SigLIP 2 FixRes checkpoint (`"B"`, `"L"`, `"So400m"`, `"g-opt"`)."""
+    text_variant = "So400m" if variant == "g-opt" else variant
+    config = siglip_config(variant, image_size, patch_size, vocabulary_size=GEMMA_VOCABULARY)
+    text = dict(config["text"], **VARIANTS[text_variant])
+    text["output_dim"] = VARIANTS[variant]["width"]
+    return {"image": config["image"], "text": text}
+
+
+def _siglip2(variant, patch_size, image_size, big_vision_name):
+    hf_name = _SIGLIP2_HF_NAME[variant]
+    name = f"siglip2_{hf_name.replace('-', '_')}_patch{patch_size}_{image_size}"
+    sources = [f"hf://google/siglip2-{hf_name}-patch{patch_size}-{image_size}"]
+    version = _SIGLIP2_KERAS_HUB_VERSION.get(name, 1)
+    if version:
+        sources.append(f"kaggle://keras/siglip/keras/{name}/{version}")
+    sources.append(f"{SIGLIP2_BIG_VISION_BUCKET}/siglip2_{big_vision_name}_{image_size}.npz")
+    text = " with a So400m text tower" if variant == "g-opt" else ""
+    return name, {
+        "config": siglip2_config(variant, image_size, patch_size),
+        "sources": sources,
+        "description": f"SigLIP 2 {variant}/{patch_size} at {image_size}px{text}, Gemma 256k vocabulary, multilingual.",
+    }
+
+
+SIGLIP2_FIXRES = dict(
+    _siglip2(variant, patch, size, big_vision_name)
+    for variant, patch, big_vision_name, sizes in (
+        ("B", 32, "b32", (256,)),
+        ("B", 16, "b16", (224, 256, 384, 512)),
+        ("L", 16, "l16", (256, 384, 512)),
+        ("So400m", 14, "so400m14", (224, 384)),
+        ("So400m", 16, "so400m16", (256, 384, 512)),
+        ("g-opt", 16, "g-opt16", (256, 384)),
+    )
+    for size in sizes
+)
+PRESETS.update(SIGLIP2_FIXRES)
+
+# -- SigLIP 2 NaFlex ---------------------------------------------------------------
+# (entries for the NaFlex checkpoints go here)
+
+
 def get_preset(name):
     """The registry entry of a built-in preset; a `ValueError` lists the known ones."""
     if name not in PRESETS:
