@@ -239,3 +239,68 @@ def test_missing_and_extra_keys_are_named(checkpoint, tmp_path):
         save_file(edited, str(target / "model.safetensors"), metadata={"format": "pt"})
         with pytest.raises(ValueError, match=message):
             SigLIP.from_preset(str(target))
+
+
+def big_vision_npz(reference, path):
+    """The big_vision NaFlex `.npz` of a transformers Siglip2Model (transformers' convert_siglip2_to_hf key map)."""
+    state = {k: v.numpy() for k, v in reference.state_dict().items()}
+    heads = reference.config.vision_config.num_attention_heads
+    out = {}
+
+    def dense(source, target):
+        out[f"{target}/kernel"], out[f"{target}/bias"] = state[f"{source}.weight"].T, state[f"{source}.bias"]
+
+    def norm(source, target):
+        out[f"{target}/scale"], out[f"{target}/bias"] = state[f"{source}.weight"], state[f"{source}.bias"]
+
+    def attention(q, k, v, o, target, width):
+        for name, (weight, bias) in zip(("query", "key", "value"), (q, k, v)):
+            out[f"{target}/{name}/kernel"] = weight.T.reshape(width, heads, width // heads)
+            out[f"{target}/{name}/bias"] = bias.reshape(heads, width // heads)
+        out[f"{target}/out/kernel"] = o[0].T.reshape(heads, width // heads, width)
+        out[f"{target}/out/bias"] = o[1]
+
+    def blocks(source, target, depth, width):
+        for i in range(depth):
+            s, t = f"{source}.encoder.layers.{i}", f"{target}/encoderblock_{i}"
+            norm(f"{s}.layer_norm1", f"{t}/LayerNorm_0")
+            norm(f"{s}.layer_norm2", f"{t}/LayerNorm_1")
+            attention(*((state[f"{s}.self_attn.{n}_proj.weight"], state[f"{s}.self_attn.{n}_proj.bias"])
+                        for n in ("q", "k", "v", "out")), f"{t}/MultiHeadDotProductAttention_0", width)
+            dense(f"{s}.mlp.fc1", f"{t}/MlpBlock_0/Dense_0")
+            dense(f"{s}.mlp.fc2", f"{t}/MlpBlock_0/Dense_1")
+
+    width = reference.config.vision_config.hidden_size
+    dense("vision_model.embeddings.patch_embedding", "img/embedding")
+    out["img/pos_embedding"] = state["vision_model.embeddings.position_embedding.weight"].reshape(GRID, GRID, width)
+    blocks("vision_model", "img/Transformer", 2, width)
+    norm("vision_model.post_layernorm", "img/Transformer/encoder_norm")
+    out["img/MAPHead_0/probe"] = state["vision_model.head.probe"]
+    w, b = state["vision_model.head.attention.in_proj_weight"], state["vision_model.head.attention.in_proj_bias"]
+    attention(*zip(np.split(w, 3), np.split(b, 3)),
+              (state["vision_model.head.attention.out_proj.weight"], state["vision_model.head.attention.out_proj.bias"]),
+              "img/MAPHead_0/MultiHeadDotProductAttention_0", width)
+    norm("vision_model.head.layernorm", "img/MAPHead_0/LayerNorm_0")
+    dense("vision_model.head.mlp.fc1", "img/MAPHead_0/MlpBlock_0/Dense_0")
+    dense("vision_model.head.mlp.fc2", "img/MAPHead_0/MlpBlock_0/Dense_1")
+    out["txt/Embed_0/embedding"] = state["text_model.embeddings.token_embedding.weight"]
+    out["txt/pos_embedding"] = state["text_model.embeddings.position_embedding.weight"][None]
+    blocks("text_model", "txt/Encoder_0", 2, reference.config.text_config.hidden_size)
+    norm("text_model.final_layer_norm", "txt/Encoder_0/encoder_norm")
+    dense("text_model.head", "txt/head")
+    out["t"], out["b"] = state["logit_scale"], state["logit_bias"]
+    np.savez(path, **{f"params/{key}": value for key, value in out.items()})
+    return path
+
+
+def test_big_vision_naflex_npz_matches_transformers(checkpoint, tmp_path):
+    folder, reference = checkpoint
+    path = big_vision_npz(reference, str(tmp_path / "naflex.npz"))
+    model = SigLIP.from_preset(path)
+    assert model.image_encoder.position_grid_size == GRID and model.image_encoder.patch_size == PATCH
+    images, ids = raw_images(), token_ids()
+    preprocessor = NaFlexImagePreprocessor(PATCH, MAX_PATCHES)
+    ours = as_numpy(model({**preprocessor(images), "token_ids": ids}))
+    theirs = hf_embeddings(reference, folder, images, ids)
+    np.testing.assert_allclose(ours[0], theirs[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ours[1], theirs[1], atol=1e-5, rtol=0)

@@ -27,7 +27,9 @@ import keras
 import numpy as np
 
 from keras_siglip.extras import require
-from keras_siglip.presets import big_vision_format, hf_format, hf_siglip2_format, keras_hub_format, registry
+from keras_siglip.presets import (
+    big_vision_format, big_vision_naflex_format, hf_format, hf_siglip2_format, keras_hub_format, registry,
+)
 from keras_siglip.presets.checkpoint import assign, check_keys, load_npz, load_safetensors, model_weights
 
 OUR_CLASS = "keras_siglip>SigLIP"
@@ -456,8 +458,9 @@ def from_big_vision(path, dtype=None, load_weights=True, text_pool_type="last"):
     if not os.path.isfile(path):  # a gs:// (or other remote) file: keras-hub's get_file caches it
         path = preset_utils.get_file(os.path.dirname(path), os.path.basename(path))
     arrays = big_vision_format.normalize_keys(load_npz(path))
-    config = big_vision_format.infer_config(arrays, text_pool_type=text_pool_type)
-    return _converted(config, arrays, big_vision_format.rules(config), f"big_vision checkpoint {path}", (),
+    table = big_vision_naflex_format if big_vision_naflex_format.is_naflex(arrays) else big_vision_format
+    config = table.infer_config(arrays, text_pool_type=text_pool_type)
+    return _converted(config, arrays, table.rules(config), f"big_vision checkpoint {path}", (),
                       dtype, load_weights)
 
 
