@@ -29,6 +29,7 @@ import numpy as np
 from keras_siglip.extras import require
 from keras_siglip.presets import (
     big_vision_format, big_vision_naflex_format, hf_format, hf_siglip2_format, keras_hub_format, registry,
+    text_tokenizers,
 )
 from keras_siglip.presets.checkpoint import assign, check_keys, load_npz, load_safetensors, model_weights
 
@@ -105,7 +106,8 @@ def load_preset(handle, load_weights=True, dtype=None):
 
     This library's presets give back what `save_to_preset` stored; transformers
     and keras-hub checkpoints give a `SigLIPTokenizer` on their SentencePiece
-    file (big_vision's text rules) and a `SigLIPImagePreprocessor` at the
+    file (big_vision's text rules; a `SigLIP2Tokenizer` for SigLIP 2's Gemma
+    vocabulary, see `text_tokenizers`) and a `SigLIPImagePreprocessor` at the
     model's resolution. A big_vision `.npz` holds no vocabulary: its tokenizer
     is None (its image preprocessor is still made).
     """
@@ -137,13 +139,11 @@ def _preprocessing(handle, model):
         if preset_utils.check_file_exists(handle, preset_utils.IMAGE_CONVERTER_CONFIG_FILE):
             image_converter = SigLIPImagePreprocessor.from_preset(handle)
         return tokenizer, image_converter
-    # transformers keeps `spiece.model` at the top; keras-hub under assets/tokenizer/.
-    for vocabulary in ("spiece.model", f"{preset_utils.TOKENIZER_ASSET_DIR}/vocabulary.spm"):
-        if preset_utils.check_file_exists(handle, vocabulary):
-            proto = preset_utils.get_file(handle, vocabulary)
-            tokenizer = SigLIPTokenizer(proto=proto, sequence_length=model.text_encoder.sequence_length)
-            return tokenizer, image_converter
-    return None, image_converter
+    # SigLIPTokenizer for a T5-style vocabulary, SigLIP2Tokenizer for Gemma's (SigLIP 2).
+    tokenizer = text_tokenizers.tokenizer_for_folder(
+        lambda name: preset_utils.check_file_exists(handle, name), lambda name: preset_utils.get_file(handle, name),
+        model.text_encoder.sequence_length)
+    return tokenizer, image_converter
 
 
 def _naflex_preprocessor(handle, model):
