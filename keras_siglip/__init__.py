@@ -4,7 +4,8 @@ The public API, in the order an image and a caption meet it:
 
 - inputs: the readers of `keras_siglip.data`, `SigLIPTokenizer` (SigLIP 2: `SigLIP2Tokenizer`) and
   `SigLIPImagePreprocessor` (these need TensorFlow: `pip install "keras-siglip[tensorflow]"`);
-- towers: `ImageEncoder`, `TextEncoder` (built from `keras_siglip.layers`), or
+- towers: `ImageEncoder`, `TextEncoder` (built from `keras_siglip.layers`),
+  `NaFlexImageEncoder` (SigLIP 2 NaFlex, fed by `NaFlexImagePreprocessor`), or
   `KerasHubImageEncoder` for a keras-hub vision backbone;
 - the model: `SigLIP` (with `lock_image_tower` for LiT, and
   `MultipliedLearningRateAdamW` for the unlocked variant);
@@ -21,6 +22,8 @@ tensorflow-text, keras-hub and the readers are imported when first used.
 import importlib
 
 from keras_siglip.losses import SigmoidLoss, SoftmaxLoss, sigmoid_loss, softmax_loss
+from keras_siglip.models.siglip.naflex_image_encoder import NaFlexImageEncoder
+from keras_siglip.models.siglip.naflex_image_preprocessor import NaFlexImagePreprocessor
 from keras_siglip.models.siglip.siglip_model import SigLIP
 from keras_siglip.models.siglip.towers import VARIANTS, ImageEncoder, TextEncoder
 from keras_siglip.optimizers import MultipliedLearningRateAdamW
@@ -57,6 +60,8 @@ __all__ = [
     "ImageEncoder",
     "KerasHubImageEncoder",
     "MultipliedLearningRateAdamW",
+    "NaFlexImageEncoder",
+    "NaFlexImagePreprocessor",
     "SigLIP",
     "SigLIP2Tokenizer",
     "SigLIPImagePreprocessor",

@@ -7,6 +7,8 @@ The tokenizer and the image preprocessor need TensorFlow and keras-hub; they are
 imported only when first used.
 """
 
+from keras_siglip.models.siglip.naflex_image_encoder import NaFlexImageEncoder
+from keras_siglip.models.siglip.naflex_image_preprocessor import NaFlexImagePreprocessor
 from keras_siglip.models.siglip.siglip_model import SigLIP, l2_normalize
 from keras_siglip.models.siglip.towers import VARIANTS, ImageEncoder, TextEncoder, variant_config
 
@@ -30,6 +32,8 @@ __all__ = [
     "VARIANTS",
     "ImageEncoder",
     "KerasHubImageEncoder",
+    "NaFlexImageEncoder",
+    "NaFlexImagePreprocessor",
     "SigLIP",
     "SigLIP2Tokenizer",
     "SigLIPImagePreprocessor",
