@@ -182,7 +182,18 @@ SIGLIP2_FIXRES = dict(
 PRESETS.update(SIGLIP2_FIXRES)
 
 # -- SigLIP 2 NaFlex ---------------------------------------------------------------
-# (entries for the NaFlex checkpoints go here)
+# A NaFlexImageEncoder (any aspect ratio, a 16x16 position grid); the patch budget (max_num_patches,
+# 256 as evaluated) is chosen by NaFlexImagePreprocessor, not the model. No keras-hub handle exists.
+SIGLIP2_NAFLEX = {
+    f"siglip2_{_SIGLIP2_HF_NAME[variant]}_patch16_naflex": {
+        "config": naflex_config(variant, 16, vocabulary_size=GEMMA_VOCABULARY),
+        "sources": [f"hf://google/siglip2-{_SIGLIP2_HF_NAME[variant]}-patch16-naflex",
+                    f"{SIGLIP2_BIG_VISION_BUCKET}/siglip2_{big_vision_name}_naflex.npz"],
+        "description": f"SigLIP 2 NaFlex {variant}/16: any aspect ratio, 256-1024 patches, Gemma 256k vocabulary.",
+    }
+    for variant, big_vision_name in (("B", "b16"), ("So400m", "so400m16"))
+}
+PRESETS.update(SIGLIP2_NAFLEX)
 
 
 def get_preset(name):
