@@ -7,8 +7,8 @@ weights. What each target holds:
 
 | format | written |
 |---|---|
-| `"transformers"` | a folder: `config.json`, `model.safetensors`; with a tokenizer `spiece.model` and tokenizer config (`SiglipTokenizer`), and `preprocessor_config.json` (`SiglipImageProcessor`) |
-| `"keras_hub"` | a keras-hub preset folder saved by keras-hub's own `SigLIPBackbone`, `SigLIPTokenizer`, `SigLIPImageConverter` and `SigLIPPreprocessor` |
+| `"transformers"` | a folder: `config.json`, `model.safetensors`; with a tokenizer `spiece.model` and tokenizer config (`SiglipTokenizer`; a `SigLIP2Tokenizer` writes Gemma's `tokenizer.model` and `Siglip2Tokenizer` files), and `preprocessor_config.json` (`SiglipImageProcessor`) |
+| `"keras_hub"` | a keras-hub preset folder saved by keras-hub's own `SigLIPBackbone`, `SigLIPTokenizer` (`GemmaTokenizer` for SigLIP 2), `SigLIPImageConverter` and `SigLIPPreprocessor` |
 | `"big_vision"` | an `.npz` in big_vision's per-layer layout (`params/img/...`, `params/txt/...`, `params/t`, `params/b`); with a tokenizer, its SentencePiece model next to it |
 
 Tokenizer rules travel as far as each target can express them; where the
@@ -142,10 +142,11 @@ def _tokenizer_differences(tokenizer, lowercase, canonicalize, target):
                            else "keeps punctuation")
     if tokenizer.lowercase != lowercase:
         differences.append({None: "does not lowercase", "ascii": "lowercases ASCII letters only",
-                            "unicode": "lowercases every cased letter"}[lowercase])
+                            "unicode": "lowercases every cased letter",
+                            "per_character": "lowercases every letter on its own"}[lowercase])
     if differences:
         warnings.warn(
-            f"{target}'s tokenizer {' and '.join(differences)}, unlike this SigLIPTokenizer "
+            f"{target}'s tokenizer {' and '.join(differences)}, unlike this {type(tokenizer).__name__} "
             f"(lowercase={tokenizer.lowercase!r}, canonicalize={tokenizer.canonicalize}): texts where that "
             "matters get other token ids. Export a tokenizer with the target's rules for exact parity.",
             UserWarning, stacklevel=4)
@@ -155,9 +156,31 @@ def _piece(tokenizer, token_id):
     return tokenizer.id_to_token(int(token_id))
 
 
+def _is_siglip2(tokenizer):
+    from keras_siglip.models.siglip.siglip2_tokenizer import SigLIP2Tokenizer
+
+    return isinstance(tokenizer, SigLIP2Tokenizer)
+
+
+def _write_hf_siglip2_tokenizer(tokenizer, path):
+    """Gemma's `tokenizer.model` and transformers' `Siglip2Tokenizer` files (AutoTokenizer picks that class)."""
+    from transformers.models.siglip2.tokenization_siglip2 import Siglip2Tokenizer
+
+    with open(os.path.join(path, "tokenizer.model"), "wb") as file:
+        file.write(_proto_bytes(tokenizer))
+    _tokenizer_differences(tokenizer, "per_character", False, "transformers")
+    hf_tokenizer = Siglip2Tokenizer.from_pretrained(
+        path, add_bos_token=False, add_eos_token=True, padding_side="right",
+        model_max_length=tokenizer.sequence_length, pad_token=_piece(tokenizer, tokenizer.padding_id),
+        eos_token=_piece(tokenizer, tokenizer.eos_id))
+    hf_tokenizer.save_pretrained(path)
+
+
 def _write_hf_tokenizer(tokenizer, path):
     import transformers
 
+    if _is_siglip2(tokenizer):
+        return _write_hf_siglip2_tokenizer(tokenizer, path)
     vocabulary = os.path.join(path, "spiece.model")
     with open(vocabulary, "wb") as file:
         file.write(_proto_bytes(tokenizer))
@@ -232,15 +255,19 @@ def _to_keras_hub(model, config, path, tokenizer, image_converter, progress):
         if image_converter is not None:
             converter.save_to_preset(path)
         return
-    if tokenizer.padding_id != tokenizer.eos_id:
+    # keras-hub's SigLIP 2 presets pair its GemmaTokenizer (padding with '<pad>') with the SigLIPPreprocessor.
+    hub_class, pad = ((keras_hub.models.GemmaTokenizer, "'<pad>'") if _is_siglip2(tokenizer)
+                      else (keras_hub.models.SigLIPTokenizer, "'</s>'"))
+    hub_tokenizer = hub_class(proto=_proto_bytes(tokenizer))
+    if tokenizer.padding_id != hub_tokenizer.pad_token_id or tokenizer.eos_id != hub_tokenizer.end_token_id:
         raise ValueError(
-            f"The tokenizer pads with id {tokenizer.padding_id}, not EOS ({tokenizer.eos_id}); keras-hub's "
-            "SigLIPTokenizer pads with '</s>'."
+            f"The tokenizer pads with id {tokenizer.padding_id} and ends with {tokenizer.eos_id}; keras-hub's "
+            f"{hub_class.__name__} pads with {pad} (id {hub_tokenizer.pad_token_id}) and ends with id "
+            f"{hub_tokenizer.end_token_id}."
         )
     # keras-hub's SigLIPPreprocessor lowercases (ASCII) only as part of canonicalising.
     canonicalize = bool(tokenizer.lowercase or tokenizer.canonicalize)
     _tokenizer_differences(tokenizer, "ascii" if canonicalize else None, canonicalize, "keras-hub")
-    hub_tokenizer = keras_hub.models.SigLIPTokenizer(proto=_proto_bytes(tokenizer))
     preprocessor = keras_hub.models.SigLIPPreprocessor(
         hub_tokenizer, converter if image_converter is not None else None,
         sequence_length=tokenizer.sequence_length, canonicalize_text=canonicalize)
