@@ -6,7 +6,15 @@ library (`save_to_preset`); each is loaded with `SigLIP.from_preset` (timed,
 best of `--repeats`) and its logits compared with the source library's own.
 
     KERAS_BACKEND=jax python tools/benchmark_presets.py --variant=B --image_size=224
+
+`--siglip2` times `load_preset` (model, Gemma tokenizer, image preprocessor) of a
+SigLIP 2 FixRes transformers folder instead: a random `SiglipModel` with Gemma's
+256k vocabulary and the Gemma tokenizer files transformers writes, compared on
+raw images and texts, each library running its own preprocessing.
 """
+
+import os
+import sys
 
 import tempfile
 import time
@@ -24,6 +32,7 @@ flags.DEFINE_integer("patch_size", 4, "Patch size.")
 flags.DEFINE_integer("vocabulary_size", 1000, "Vocabulary size.")
 flags.DEFINE_integer("sequence_length", 16, "Text length.")
 flags.DEFINE_integer("repeats", 2, "Timed loads per source; the best is reported.")
+flags.DEFINE_bool("siglip2", False, "Time a SigLIP 2 FixRes transformers folder (Gemma vocabulary) instead.")
 FLAGS = flags.FLAGS
 
 
@@ -84,8 +93,59 @@ def native_source(folder, tower, images, token_ids):
     return our_logits(model, images, token_ids)
 
 
+def siglip2_fixres(folder, tower):
+    """A SigLIP 2 FixRes transformers folder; `load_preset`'s time and its difference from transformers."""
+    import torch
+    import transformers
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+    from gemma_vocabulary import (
+        HARD_TEXTS, transformers_siglip2_tokenizer, write_gemma_spm, write_transformers_tokenizer,
+    )
+
+    from keras_siglip.presets import load_preset
+
+    common = dict(hidden_size=tower["width"], intermediate_size=tower["mlp_dim"],
+                  num_hidden_layers=tower["depth"], num_attention_heads=tower["num_heads"])
+    config = transformers.SiglipConfig(
+        text_config=dict(common, vocab_size=256_000, max_position_embeddings=FLAGS.sequence_length,
+                         pad_token_id=0, eos_token_id=1, bos_token_id=2),
+        vision_config=dict(common, image_size=FLAGS.image_size, patch_size=FLAGS.patch_size))
+    reference = transformers.SiglipModel(config).eval()
+    reference.save_pretrained(folder)
+    write_transformers_tokenizer(write_gemma_spm(os.path.join(folder, "gemma.model")), folder)
+    transformers.SiglipImageProcessor(size={"height": FLAGS.image_size, "width": FLAGS.image_size}, resample=2,
+                                      image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(folder)
+    images = np.random.default_rng(0).integers(0, 256, (2, FLAGS.image_size, FLAGS.image_size, 3), dtype=np.uint8)
+    texts = HARD_TEXTS[:2]
+    ids = transformers_siglip2_tokenizer(folder)(texts, padding="max_length", truncation=True,
+                                                  max_length=FLAGS.sequence_length, return_tensors="pt")["input_ids"]
+    pixels = transformers.AutoImageProcessor.from_pretrained(folder)(images=list(images), return_tensors="pt")
+    with torch.no_grad():
+        out = reference(input_ids=ids, pixel_values=pixels["pixel_values"])
+    best = float("inf")
+    for _ in range(FLAGS.repeats):
+        keras.utils.clear_session()
+        start = time.perf_counter()
+        model, tokenizer, image_converter = load_preset(folder)
+        best = min(best, time.perf_counter() - start)
+    our_ids = keras.ops.convert_to_numpy(tokenizer(texts))
+    image_error = np.abs(keras.ops.convert_to_numpy(model.encode_images(image_converter(images)))
+                         - out.image_embeds.numpy()).max()
+    text_error = np.abs(keras.ops.convert_to_numpy(model.encode_texts(our_ids)) - out.text_embeds.numpy()).max()
+    print(f"backend {keras.backend.backend()}, SigLIP 2 FixRes {FLAGS.variant}/{FLAGS.patch_size}-{FLAGS.image_size}, "
+          f"Gemma 256k vocabulary, {FLAGS.sequence_length} tokens")
+    print("| source | parameters | load_preset (s) | token ids equal | max abs image / text embedding error |")
+    print("|---|---|---|---|---|")
+    print(f"| transformers SigLIP 2 FixRes folder | {model.count_params():,} | {best:.2f} | "
+          f"{bool((our_ids == ids.numpy()).all())} | {image_error:.1e} / {text_error:.1e} |")
+
+
 def main(argv):
     del argv
+    if FLAGS.siglip2:
+        with tempfile.TemporaryDirectory() as folder:
+            return siglip2_fixres(folder, VARIANTS[FLAGS.variant])
     tower = VARIANTS[FLAGS.variant]
     rng = np.random.default_rng(0)
     images = rng.uniform(-1, 1, (2, FLAGS.image_size, FLAGS.image_size, 3)).astype("float32")
