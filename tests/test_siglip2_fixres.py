@@ -291,3 +291,20 @@ def test_registry_lists_every_released_fixres_checkpoint():
     g_opt = registry.PRESETS["siglip2_giant_opt_patch16_384"]["config"]
     assert (g_opt["image"]["width"], g_opt["image"]["depth"], g_opt["text"]["width"], g_opt["text"]["depth"],
             g_opt["text"]["output_dim"]) == (1536, 40, 1152, 27, 1536)
+
+
+def test_builtin_preset_from_its_npz_gets_the_gemma_tokenizer(checkpoint, spm_file, tmp_path, monkeypatch):
+    """A SigLIP 2 preset read from big_vision's .npz (no vocabulary inside) gets the preset's Gemma vocabulary."""
+    from keras_siglip.presets import big_vision_format
+    from keras_siglip.presets.checkpoint import load_npz
+
+    _, reference = checkpoint
+    path = big_vision_npz(reference, str(tmp_path / "siglip2.npz"))
+    config = big_vision_format.infer_config(big_vision_format.normalize_keys(load_npz(path)))
+    monkeypatch.setitem(registry.PRESETS, "siglip2_test", {
+        "config": config, "sources": [path], "description": "test", "vocabulary": spm_file})
+    model, tokenizer, image_converter = load_preset("siglip2_test")
+    assert isinstance(tokenizer, SigLIP2Tokenizer) and tokenizer.sequence_length == SEQUENCE_LENGTH
+    assert image_converter.image_size == (IMAGE_SIZE,) * 2
+    for name, entry in registry.SIGLIP2_FIXRES.items():
+        assert entry["vocabulary"] == "gs://big_vision/gemma_tokenizer.model", name

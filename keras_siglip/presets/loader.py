@@ -117,6 +117,8 @@ def load_preset(handle, load_weights=True, dtype=None):
         if "image_tower_from" in entry or not entry["sources"] or not load_weights:
             return LoadedPreset(_from_builtin(handle, load_weights, dtype), None, None)
         loaded = _first_source(handle, entry, lambda source: load_preset(source, dtype=dtype))
+        if loaded.tokenizer is None and entry.get("vocabulary"):  # a .npz source: the preset names its vocabulary
+            loaded = loaded._replace(tokenizer=_registry_tokenizer(entry["vocabulary"], loaded.model))
         return loaded._replace(model=_fit_registry(handle, entry["config"], loaded.model))
     model = from_preset(handle, load_weights=load_weights, dtype=dtype)
     return LoadedPreset(model, *_reporting_network_errors(handle, lambda: _preprocessing(handle, model)))
@@ -144,6 +146,14 @@ def _preprocessing(handle, model):
         lambda name: preset_utils.check_file_exists(handle, name), lambda name: preset_utils.get_file(handle, name),
         model.text_encoder.sequence_length)
     return tokenizer, image_converter
+
+
+def _registry_tokenizer(vocabulary, model):
+    """The tokenizer on a preset's own SentencePiece file (local, or downloaded and cached by keras-hub)."""
+    if not os.path.isfile(vocabulary):
+        vocabulary = preset_utils.get_file(os.path.dirname(vocabulary), os.path.basename(vocabulary))
+    return text_tokenizers.tokenizer_class(vocabulary)(proto=vocabulary,
+                                                       sequence_length=model.text_encoder.sequence_length)
 
 
 def _naflex_preprocessor(handle, model):

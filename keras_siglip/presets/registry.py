@@ -137,6 +137,8 @@ PRESETS.update(
 # The g-opt image tower is paired with a So400m text tower whose head maps into its 1536 widths.
 GEMMA_VOCABULARY = 256_000
 SIGLIP2_BIG_VISION_BUCKET = "gs://big_vision/siglip2"
+# big_vision's Gemma SentencePiece file: the vocabulary of a SigLIP 2 preset read from its .npz.
+GEMMA_VOCABULARY_FILE = "gs://big_vision/gemma_tokenizer.model"
 _SIGLIP2_HF_NAME = {"B": "base", "L": "large", "So400m": "so400m", "g-opt": "giant-opt"}
 # keras-hub 0.32's `SigLIPBackbone.presets` handles (it has no B/16-512).
 _SIGLIP2_KERAS_HUB_VERSION = {"siglip2_giant_opt_patch16_256": 2, "siglip2_base_patch16_512": None}
@@ -164,6 +166,7 @@ def _siglip2(variant, patch_size, image_size, big_vision_name):
         "config": siglip2_config(variant, image_size, patch_size),
         "sources": sources,
         "description": f"SigLIP 2 {variant}/{patch_size} at {image_size}px{text}, Gemma 256k vocabulary, multilingual.",
+        "vocabulary": GEMMA_VOCABULARY_FILE,
     }
 
 
