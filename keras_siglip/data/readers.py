@@ -4,15 +4,18 @@ Three layouts, one pipeline:
 
 - `read_manifest`: a CSV/TSV or JSONL file with an image path and a caption per row;
 - `read_tar_shards`: webdataset-style tar shards as img2dataset writes them
-  (`key.jpg` + `key.txt` per sample, consecutive in the archive);
+  (`key.jpg` + `key.txt` per sample, consecutive in the archive), named by a
+  list, a glob or a brace range (`data/{00000..00099}.tar`);
 - `read_tfrecords`: img2dataset's TFRecord shards (`jpg` and `txt` bytes features).
 
 Every reader gives each host its own shard of the files (or rows), shuffles
 (file order and a sample buffer), decodes and pre-processes images in parallel,
 skips any image that cannot be read or decoded (counted in a `SkippedImages`
 report and announced with a warning that names the first few), tokenises the
-captions of each batch, batches with `drop_remainder` and prefetches. The
-result feeds `SigLIP.fit` on JAX, TensorFlow and PyTorch alike.
+captions of each batch (counting those cut to the text tower's length),
+batches with `drop_remainder` and prefetches. The result feeds `SigLIP.fit`
+on JAX, TensorFlow and PyTorch alike, and is the same on each: with a `seed`
+the stream is deterministic, and `start_position` resumes it exactly.
 
 Damaged data is skipped and reported the same way, never silently and never
 by aborting: a manifest row that cannot be parsed (named by file and row), and
@@ -110,7 +113,11 @@ def read_manifest(path, tokenizer, image_preprocessor, batch_size, *, image_root
         caption_column: column / key holding the caption.
         **options: the pipeline options of `make_pipeline` (`training`,
             `shuffle_buffer`, `seed`, `deterministic`, `drop_remainder`,
-            `shard`, `skipped`).
+            `skipped`, `start_position`, `positions`, `with_captions`), and
+            `shard=(index, count)` (default: this process of a multi-host
+            job) and `repeat=True` (an endless stream for step-based
+            training: the files or rows are reshuffled each pass and the
+            stream never runs out).
 
     Returns:
         A `tf.data.Dataset` of `{"images": float32 (B, S, S, 3), "token_ids": int32 (B, L)}`.
@@ -128,8 +135,12 @@ def read_manifest(path, tokenizer, image_preprocessor, batch_size, *, image_root
     )
     index, count = _shard(options.get("shard"))
     source = source.shard(count, index) if count > 1 else source
+    if options.get("training", True) and len(paths) > 1:  # the rows are in memory: shuffle them all
+        source = source.shuffle(len(paths), seed=options.get("seed"), reshuffle_each_iteration=True)
+    if options.get("repeat"):
+        source = source.repeat()
     return make_pipeline(source, tokenizer, image_preprocessor, batch_size, image_is_path=True,
-                         **_without(options, "shard"))
+                         **_without(options, "shard", "repeat"))
 
 
 def _read_manifest_rows(path, image_column, caption_column, skipped):
@@ -236,7 +247,7 @@ def read_tar_shards(shards, tokenizer, image_preprocessor, batch_size, *, captio
         image_extensions: extensions accepted as the image member.
 
     Example:
-    >>> ds = read_tar_shards("data/{00000..00009}.tar", ...)  # doctest: +SKIP
+    >>> ds = read_tar_shards("data/{00000..00009}.tar", tokenizer, preprocessor, 256)  # doctest: +SKIP
     """
     files = _list_files(shards, "tar")
     skipped = options.setdefault("skipped", SkippedImages())
@@ -253,7 +264,7 @@ def read_tar_shards(shards, tokenizer, image_preprocessor, batch_size, *, captio
         return tf.data.Dataset.from_generator(samples, args=(shard,), output_signature=spec)
 
     source = _interleave_files(files, open_shard, options)
-    return make_pipeline(source, tokenizer, image_preprocessor, batch_size, **_without(options, "shard"))
+    return make_pipeline(source, tokenizer, image_preprocessor, batch_size, **_without(options, "shard", "repeat"))
 
 
 class _DamagedTar(Exception):
@@ -355,7 +366,7 @@ def read_tfrecords(shards, tokenizer, image_preprocessor, batch_size, *, image_f
         return tf.data.Dataset.from_generator(samples, args=(file,), output_signature=spec)
 
     source = _interleave_files(files, open_file, options)
-    return make_pipeline(source, tokenizer, image_preprocessor, batch_size, **_without(options, "shard"))
+    return make_pipeline(source, tokenizer, image_preprocessor, batch_size, **_without(options, "shard", "repeat"))
 
 
 def _tfrecord_records(file, skipped):
@@ -391,18 +402,59 @@ def _bytes_feature(feature, name):
     return values[0] if values else b""
 
 
-def _list_files(shards, kind):
-    if isinstance(shards, (str, os.PathLike)):
-        files = sorted(tf.io.gfile.glob(os.fspath(shards)))
-        if not files:
-            raise ValueError(f"No {kind} shard matches {os.fspath(shards)!r}.")
+def expand_braces(pattern):
+    """The names a webdataset / img2dataset brace pattern stands for, in order.
+
+    `{00000..00099}` is a zero-padded numeric range (the width of its first
+    bound), `{a,b}` a list; several braces multiply out.
+
+    Example:
+    >>> expand_braces("data/{000..002}.tar")
+    ['data/000.tar', 'data/001.tar', 'data/002.tar']
+    >>> expand_braces("{train,val}-{0..1}.tar")
+    ['train-0.tar', 'train-1.tar', 'val-0.tar', 'val-1.tar']
+    """
+    match = re.search(r"\{([^{}]*)\}", pattern)
+    if match is None:
+        return [pattern]
+    body, head, tail = match.group(1), pattern[: match.start()], pattern[match.end():]
+    numeric = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if numeric:
+        first, last = numeric.groups()
+        if int(last) < int(first):
+            raise ValueError(f"The brace range {{{body}}} in {pattern!r} runs backwards.")
+        width = len(first)
+        choices = [str(n).zfill(width) for n in range(int(first), int(last) + 1)]
+    elif "," in body:
+        choices = body.split(",")
     else:
-        files = [os.fspath(f) for f in shards]
-        if not files:
-            raise ValueError(f"The list of {kind} shards is empty.")
-        absent = [f for f in files if not tf.io.gfile.exists(f)]
+        raise ValueError(f"{pattern!r}: braces hold a range {{000..099}} or a list {{a,b}}; got {{{body}}}.")
+    return [head + choice + rest for choice in choices for rest in expand_braces(tail)]
+
+
+def _list_files(shards, kind):
+    """The shard files of a glob / brace pattern (or a list of them), each checked to exist."""
+    if isinstance(shards, (str, os.PathLike)):
+        shards = [os.fspath(shards)]
+    shards = [os.fspath(f) for f in shards]
+    if not shards:
+        raise ValueError(f"The list of {kind} shards is empty.")
+    files = []
+    for pattern in shards:
+        named = expand_braces(pattern)
+        if any(ch in pattern for ch in "*?["):
+            found = sorted(f for name in named for f in tf.io.gfile.glob(name))
+            if not found:
+                raise ValueError(f"No {kind} shard matches {pattern!r}.")
+            files += found
+            continue
+        absent = [f for f in named if not tf.io.gfile.exists(f)]
+        if absent and len(absent) == len(named) and len(named) > 1:
+            raise ValueError(f"No {kind} shard matches {pattern!r}: none of its {len(named)} names exists "
+                             f"(e.g. {named[0]!r}).")
         if absent:
             raise ValueError(f"{len(absent)} {kind} shard(s) do not exist, e.g. {absent[:3]}.")
+        files += named
     return files
 
 
@@ -415,20 +467,25 @@ def _interleave_files(files, open_file, options):
     dataset = tf.data.Dataset.from_tensor_slices(files)
     if options.get("training", True) and len(files) > 1:
         dataset = dataset.shuffle(len(files), seed=options.get("seed"), reshuffle_each_iteration=True)
+    if options.get("repeat"):
+        dataset = dataset.repeat()  # before interleaving: the stream runs on across epochs, never drains
     dataset = dataset.interleave(
         open_file,
         cycle_length=min(len(files), 8),
         num_parallel_calls=min(len(files), 8),
-        deterministic=_is_deterministic(options.get("deterministic"), options.get("training", True)),
+        deterministic=_is_deterministic(options.get("deterministic"), options.get("training", True),
+                                        options.get("seed")),
     )
     if count > 1 and not by_file:
         dataset = dataset.shard(count, index)
     return dataset
 
 
-def _is_deterministic(deterministic, training):
-    """`deterministic=None` means: in file order when evaluating, as fast as possible when training."""
-    return not training if deterministic is None else bool(deterministic)
+def _is_deterministic(deterministic, training, seed):
+    """`deterministic=None` means: repeatable when evaluating or seeded, as fast as possible otherwise."""
+    if deterministic is None:
+        return not training or seed is not None
+    return bool(deterministic)
 
 
 def _shard(shard):
@@ -445,9 +502,79 @@ def _without(options, *keys):
 # -- the shared pipeline ------------------------------------------------------------
 
 
+class StreamPositions:
+    """Where each batch of a stream ends in its source, for resuming the stream exactly.
+
+    The source position counts the samples read (skipped ones included) since
+    the stream's start, in the stream's deterministic order. A batch's end is
+    the position just after its last sample, so `make_pipeline(...,
+    start_position=end)` continues with the batch after it.
+
+    Example:
+    >>> positions = StreamPositions()
+    >>> positions.record(0, 4, 0)
+    >>> positions.end_of(0, start=0)
+    4
+    """
+
+    def __init__(self):
+        self._ends = {}
+        self._lock = threading.Lock()
+
+    def record(self, batch_number, end, start):
+        with self._lock:
+            self._ends[(int(start), int(batch_number))] = int(end)
+
+    def end_of(self, batch_number, start):
+        """The end of batch `batch_number` of the stream begun at `start`; older entries are dropped."""
+        with self._lock:
+            end = self._ends.get((int(start), int(batch_number)))
+            for key in [k for k in self._ends if k[0] == start and k[1] < batch_number]:
+                del self._ends[key]
+        if end is None:
+            raise ValueError(f"No position was recorded for batch {batch_number} of the stream from {start}.")
+        return end
+
+
+class CaptionCounter:
+    """Counts the captions that the tokenizer cut to the text tower's length.
+
+    Example:
+    >>> CaptionCounter().truncated
+    0
+    """
+
+    def __init__(self):
+        self.truncated = 0
+        self.seen = 0
+        self._lock = threading.Lock()
+
+    def add(self, seen, truncated):
+        with self._lock:
+            self.seen += int(seen)
+            first = self.truncated == 0 and truncated > 0
+            self.truncated += int(truncated)
+        if first:
+            warnings.warn("keras_siglip.data: captions longer than the text tower's sequence length are "
+                          "truncated (kept: the first tokens and EOS); `dataset.captions.truncated` counts them.",
+                          stacklevel=2)
+
+    def __repr__(self):
+        return f"CaptionCounter(seen={self.seen}, truncated={self.truncated})"
+
+
+def _caption_token_counts(tokenizer, captions):
+    """Tokens per caption before truncation (EOS included), or None for a tokenizer without SentencePiece."""
+    live = getattr(tokenizer, "_live_sentence_piece", None)  # SigLIPTokenizer's tensorflow-text tokenizer
+    if live is None or not hasattr(tokenizer, "normalize"):
+        return None
+    return live().tokenize(tokenizer.normalize(captions)).row_lengths() + 1
+
+
 def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training=True,
                   shuffle_buffer=5_000, seed=None, deterministic=None, drop_remainder=True,
-                  skipped=None, exact_resize=False, image_is_path=False):
+                  skipped=None, exact_resize=False, image_is_path=False, start_position=0,
+                  positions=None, with_captions=False):
     """Decode, augment, tokenise, batch and prefetch a dataset of samples.
 
     Args:
@@ -459,11 +586,11 @@ def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training
         training: bool. Shuffle and augment (as the preprocessor is configured).
         shuffle_buffer: int. Samples in the shuffle buffer (0: no shuffle).
         seed: int or `None`. Makes shuffling and augmentation repeatable.
-        deterministic: bool or `None`. Also fix the order in which parallel
-            work is delivered, so two runs with the same seed see identical
+        deterministic: bool or `None`. Fix the order in which parallel work
+            is delivered, so two runs with the same seed see identical
             batches (somewhat slower). Needs `seed` when training. `None`
-            (default): deterministic when not training, so evaluation
-            batches come in file order.
+            (default): deterministic when a `seed` is given or when not
+            training (evaluation batches come in file order).
         drop_remainder: bool. Drop the last, smaller batch (needed for a
             static batch size under `jit` and distribution).
         skipped: a `SkippedImages` to count unreadable images in (a fresh one
@@ -476,26 +603,50 @@ def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training
             memory traffic of uint8 ones. Images stored at the model
             resolution are exact either way.
         image_is_path: bool. `image` is a path to read.
+        start_position: int, or an int64 `tf.Variable` read each time the
+            dataset is iterated: skip this many source samples first (read,
+            not decoded), to resume a deterministic stream where an earlier
+            run left it (see `StreamPositions`).
+        positions: a `StreamPositions` to record each batch's end in.
+        with_captions: bool. Batches also carry the caption strings
+            (`"captions"`), for zero-shot labels and reports.
 
     Returns:
-        A `tf.data.Dataset` of `{"images", "token_ids"}` batches.
+        A `tf.data.Dataset` of `{"images", "token_ids"}` batches, with the
+        attributes `skipped_images` (a `SkippedImages`) and `captions` (a
+        `CaptionCounter` of truncated captions).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int; got {batch_size!r}.")
-    deterministic = _is_deterministic(deterministic, training)
+    deterministic = _is_deterministic(deterministic, training, seed)
     if deterministic and training and seed is None:
         raise ValueError("deterministic=True needs a `seed` when training (for shuffling and augmentation).")
     skipped = SkippedImages() if skipped is None else skipped
+    captions = CaptionCounter()
     augment = training and image_preprocessor.augments
     size = tuple(image_preprocessor.image_size)
 
     if training and shuffle_buffer:
         source = source.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    # Every sample carries its position in the stream, and its augmentation seeds are drawn
+    # beside it, before any skip: a resumed stream gets the samples and seeds it would have had.
+    source = source.enumerate()
     if augment:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
         source = tf.data.Dataset.zip((source, seeds.batch(2)))
     else:
-        source = source.map(lambda sample: (sample, tf.zeros([2], tf.int64)))
+        source = source.map(lambda index, sample: ((index, sample), tf.zeros([2], tf.int64)))
+    if isinstance(start_position, tf.Variable):
+        stream = source
+        start = start_position
+        # The skip is made when the dataset is iterated, so it reads the variable's value then.
+        source = tf.data.Dataset.from_tensors(0).flat_map(lambda _: stream.skip(start.read_value()))
+        start_of = lambda: start.read_value()  # noqa: E731
+    else:
+        if start_position:
+            source = source.skip(int(start_position))
+        start_of = lambda: tf.constant(int(start_position), tf.int64)  # noqa: E731
+    source = source.map(lambda indexed, seed_pair: (dict(indexed[1], index=indexed[0]), seed_pair))
 
     def load(sample, seed_pair, position):
         encoded = tf.io.read_file(sample["image"]) if image_is_path else sample["image"]
@@ -507,11 +658,12 @@ def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training
             image = image_preprocessor.resize(image)
         else:
             image = image_preprocessor.resize_to_uint8(image)
-        return {"images": tf.ensure_shape(image, size + (3,)), "caption": sample["caption"], "position": position}
+        return {"images": tf.ensure_shape(image, size + (3,)), "caption": sample["caption"], "position": position,
+                "index": sample["index"]}
 
     pixel_dtype = tf.float32 if exact_resize else tf.uint8
     nothing_loaded = {"images": tf.zeros((0,) + size + (3,), pixel_dtype), "caption": tf.zeros([0], tf.string),
-                      "position": tf.zeros([0], tf.int32)}
+                      "position": tf.zeros([0], tf.int32), "index": tf.zeros([0], tf.int64)}
 
     def record_failures(names):
         for name in names.numpy():
@@ -522,17 +674,18 @@ def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training
         # An error inside `load` drops just that sample (`ignore_errors`); the
         # positions missing from what the chunk delivers name the failures. One
         # small dataset per chunk rather than per image keeps this nearly free.
-        positions = tf.range(tf.shape(samples["name"])[0])
-        loaded = tf.data.Dataset.from_tensor_slices((samples, seed_pairs, positions)).map(load).ignore_errors()
+        slots = tf.range(tf.shape(samples["name"])[0])
+        loaded = tf.data.Dataset.from_tensor_slices((samples, seed_pairs, slots)).map(load).ignore_errors()
         gathered = loaded.batch(ISOLATION_CHUNK).concatenate(tf.data.Dataset.from_tensors(nothing_loaded)).take(1)
 
         def report_failures(chunk):
-            delivered = tf.reduce_any(tf.equal(positions[:, None], chunk["position"][None, :]), axis=1)
+            delivered = tf.reduce_any(tf.equal(slots[:, None], chunk["position"][None, :]), axis=1)
             failed = tf.boolean_mask(samples["name"], tf.logical_not(delivered))
             reported = tf.cond(tf.size(failed) > 0, lambda: tf.py_function(record_failures, [failed], tf.bool),
                                lambda: tf.constant(True))
             with tf.control_dependencies([reported]):
-                return {"images": tf.identity(chunk["images"]), "caption": tf.identity(chunk["caption"])}
+                return {"images": tf.identity(chunk["images"]), "caption": tf.identity(chunk["caption"]),
+                        "index": tf.identity(chunk["index"])}
 
         return gathered.map(report_failures).unbatch()
 
@@ -541,10 +694,33 @@ def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training
     )
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE,
                             deterministic=deterministic)
+    dataset = dataset.enumerate()
+    sequence_length = getattr(tokenizer, "sequence_length", None)
 
-    def to_inputs(batch):
+    def count_captions(seen, truncated):
+        captions.add(seen.numpy(), truncated.numpy())
+        return True
+
+    def record_position(batch_number, end, start):
+        positions.record(batch_number.numpy(), end.numpy(), start.numpy())
+        return True
+
+    def to_inputs(batch_number, batch):
         # Scaling to [-1, 1] is one vectorised op per batch rather than one per image.
-        return {"images": image_preprocessor.scale_pixels(batch["images"]), "token_ids": tokenizer(batch["caption"])}
+        done = []
+        counts = _caption_token_counts(tokenizer, batch["caption"]) if sequence_length else None
+        if counts is not None:
+            truncated = tf.reduce_sum(tf.cast(counts > sequence_length, tf.int64))
+            done.append(tf.py_function(count_captions, [tf.size(counts, tf.int64), truncated], tf.bool))
+        if positions is not None:
+            end = tf.reduce_max(batch["index"]) + 1
+            done.append(tf.py_function(record_position, [batch_number, end, start_of()], tf.bool))
+        with tf.control_dependencies(done):
+            inputs = {"images": image_preprocessor.scale_pixels(batch["images"]),
+                      "token_ids": tf.identity(tokenizer(batch["caption"]))}
+        if with_captions:
+            inputs["captions"] = batch["caption"]
+        return inputs
 
     dataset = dataset.map(to_inputs, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     dataset = dataset.prefetch(AUTOTUNE)
@@ -552,4 +728,5 @@ def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training
     options.deterministic = deterministic
     dataset = dataset.with_options(options)
     dataset.skipped_images = skipped
+    dataset.captions = captions
     return dataset
