@@ -304,3 +304,28 @@ def test_big_vision_naflex_npz_matches_transformers(checkpoint, tmp_path):
     theirs = hf_embeddings(reference, folder, images, ids)
     np.testing.assert_allclose(ours[0], theirs[0], atol=1e-5, rtol=0)
     np.testing.assert_allclose(ours[1], theirs[1], atol=1e-5, rtol=0)
+
+
+def test_tf_data_naflex_batches_train_and_bad_ones_are_refused(checkpoint):
+    tf = pytest.importorskip("tensorflow")
+    model = SigLIP.from_preset(checkpoint[0])
+    model.compile()
+    good = _batch()
+    model.fit(tf.data.Dataset.from_tensor_slices(good).batch(2), verbose=0)
+    before = [keras.ops.convert_to_numpy(w) for w in model.weights]
+    bad = _batch()
+    bad["pixel_attention_mask"][1, -1] = 1
+    with pytest.raises(ValueError, match="pixel_attention_mask does not mark exactly"):
+        model.fit(tf.data.Dataset.from_tensor_slices(bad).batch(2), verbose=0)
+    for old, new in zip(before, model.weights):
+        np.testing.assert_array_equal(old, keras.ops.convert_to_numpy(new))
+
+
+def test_save_to_preset_keeps_the_naflex_preprocessor(checkpoint, tmp_path):
+    model = SigLIP.from_preset(checkpoint[0])
+    model.save_to_preset(str(tmp_path), image_converter=NaFlexImagePreprocessor(PATCH, 24))
+    loaded, _, preprocessor = keras_siglip.presets.load_preset(str(tmp_path))
+    assert (preprocessor.patch_size, preprocessor.max_num_patches) == (PATCH, 24)
+    inputs = preprocessor(raw_images())
+    np.testing.assert_allclose(*(keras.ops.convert_to_numpy(m.encode_images(inputs)) for m in (model, loaded)),
+                               atol=1e-6)

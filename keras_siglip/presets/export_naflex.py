@@ -72,20 +72,7 @@ def to_transformers(model, path, tokenizer=None, image_converter=None, progress=
     save_file(arrays, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(path, "config.json"), "w") as file:
         json.dump(hf_siglip2_format.to_hf_config(config), file, indent=2)
-    processor = {
-        "image_processor_type": "Siglip2ImageProcessor",
-        "processor_class": "Siglip2Processor",
-        "patch_size": patch_size,
-        "max_num_patches": max_num_patches,
-        "resample": {"bilinear": 2, "bicubic": 3, "nearest": 0}[getattr(image_converter, "interpolation",
-                                                                         "bilinear")],
-        "do_resize": True,
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": [0.5, 0.5, 0.5],
-        "image_std": [0.5, 0.5, 0.5],
-    }
-    with open(os.path.join(path, "preprocessor_config.json"), "w") as file:
-        json.dump(processor, file, indent=2)
+    from keras_siglip.models.siglip.naflex_image_preprocessor import NaFlexImagePreprocessor
+
+    (image_converter or NaFlexImagePreprocessor(patch_size, max_num_patches)).save_to_preset(path)
     return path

@@ -138,7 +138,9 @@ def _preprocessing(handle, model):
         tokenizer = image_converter = None
         if preset_utils.check_file_exists(handle, preset_utils.TOKENIZER_CONFIG_FILE):
             tokenizer = SigLIPTokenizer.from_preset(handle)
-        if preset_utils.check_file_exists(handle, preset_utils.IMAGE_CONVERTER_CONFIG_FILE):
+        if hasattr(model.image_encoder, "input_keys"):  # NaFlex: its preprocessor_config.json, if saved
+            image_converter = _naflex_preprocessor(handle, model)
+        elif preset_utils.check_file_exists(handle, preset_utils.IMAGE_CONVERTER_CONFIG_FILE):
             image_converter = SigLIPImagePreprocessor.from_preset(handle)
         return tokenizer, image_converter
     # SigLIPTokenizer for a T5-style vocabulary, SigLIP2Tokenizer for Gemma's (SigLIP 2).

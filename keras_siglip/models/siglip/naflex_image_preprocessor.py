@@ -131,6 +131,34 @@ class NaFlexImagePreprocessor:
             mask[i, : len(patches)] = 1
         return {"pixel_values": values, "pixel_attention_mask": mask, "spatial_shapes": shapes}
 
+    def save_to_preset(self, preset_dir):
+        """Writes `preprocessor_config.json` (transformers' `Siglip2ImageProcessor` format) to `preset_dir`.
+
+        `keras_siglip.presets.load_preset` reads it back for a NaFlex model.
+        """
+        import json
+        import os
+
+        os.makedirs(preset_dir, exist_ok=True)
+        with open(os.path.join(preset_dir, "preprocessor_config.json"), "w") as file:
+            json.dump(self.to_transformers_config(), file, indent=2)
+
+    def to_transformers_config(self):
+        """This preprocessing as transformers' `Siglip2ImageProcessor` config dict."""
+        return {
+            "image_processor_type": "Siglip2ImageProcessor",
+            "processor_class": "Siglip2Processor",
+            "patch_size": self.patch_size,
+            "max_num_patches": self.max_num_patches,
+            "resample": _PIL_FILTERS[self.interpolation],
+            "do_resize": True,
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
+            "do_normalize": True,
+            "image_mean": [0.5, 0.5, 0.5],
+            "image_std": [0.5, 0.5, 0.5],
+        }
+
     def get_config(self):
         return {"patch_size": self.patch_size, "max_num_patches": self.max_num_patches,
                 "interpolation": self.interpolation}
