@@ -17,6 +17,14 @@ alone, so the resumed run ends with the weights an uninterrupted run would.
 Other data: `--dataset=digits --languages=all` (captions in six languages,
 per-language accuracy) or `--dataset=shapes` (held-out colour-shape
 combinations).
+
+Your own data: `--train_data` names a CSV/TSV/JSONL manifest, webdataset tar
+shards (`'data/{00000..00099}.tar'` or a glob) or TFRecord shards; the job
+streams it for `--steps` steps (see `keras_siglip.train_on_files`), reports
+retrieval Recall@K on `--val_data` and zero-shot accuracy with
+`--zero_shot_classes` on `--zero_shot_data`, and resumes both weights and
+data stream after a kill. Every setting of a run is written to the workdir
+(`flags.txt`, reusable as `--flagfile=WORKDIR/flags.txt`, and `config.json`).
 """
 
 import collections
@@ -31,6 +39,7 @@ import keras
 import numpy as np
 
 from keras_siglip import SigLIP, SigmoidLoss, SoftmaxLoss, evaluation
+from keras_siglip.callbacks import AtomicBackupAndRestore
 from keras_siglip.data import digits, shapes
 from keras_siglip.data.embedded import EMBEDDED_VOCABULARY, PairBatches
 from keras_siglip.models.siglip.towers import ImageEncoder, TextEncoder, variant_config
@@ -66,7 +75,68 @@ SETTINGS = (
     Setting("workdir", "string", "siglip_main_job", "Output folder; rerun with the same one to resume."),
     Setting("verbose", "integer", 1, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch."),
     Setting("tensorboard", "bool", True, "Write TensorBoard logs."),
+    # -- your own data (keras_siglip.train_on_files) --
+    Setting("train_data", "string", None,
+            "Train on these files instead of --dataset: a .csv/.tsv/.jsonl manifest, tar shards "
+            "('data/{00000..00099}.tar' or a glob) or TFRecord shards; comma-separated for several."),
+    Setting("data_format", "enum", "auto", "Layout of --train_data/--val_data/--zero_shot_data; auto: by extension.",
+            ("auto", "manifest", "webdataset", "tfrecord")),
+    Setting("image_key", "string", None,
+            "Manifest column / TFRecord feature of the image (default image / jpg; tar: any image extension)."),
+    Setting("caption_key", "string", None, "Manifest column / tar extension / TFRecord feature of the caption "
+            "(default caption / txt / txt)."),
+    Setting("image_root", "string", None, "Folder relative manifest image paths start from (default: the manifest's)."),
+    Setting("val_data", "string", None, "Held-out image-caption pairs (same layouts): retrieval Recall@1/5/10."),
+    Setting("zero_shot_classes", "string", None, "Text file, one class name per line, for zero-shot accuracy."),
+    Setting("zero_shot_templates", "string", None,
+            "Text file of prompt templates with one '{}' per line (default: the 80 CLIP templates and '{}')."),
+    Setting("zero_shot_data", "string", None, "Labelled images (same layouts): the caption is the class name."),
+    Setting("tokenizer", "string", None,
+            "SentencePiece .model for captions (default: the preset's, else the embedded vocabulary)."),
+    Setting("random_resized_crop", "bool", False, "Training augmentation: Inception-style random resized crop."),
+    Setting("horizontal_flip", "bool", False, "Training augmentation: random left-right flip."),
+    Setting("shuffle_buffer", "integer", 5000, "Samples in the training shuffle buffer."),
+    Setting("max_skipped_images", "integer", None,
+            "Stop with an error once more images than this could not be read (default: never)."),
+    Setting("lock_image_tower", "bool", False, "Freeze the image tower (LiT / SigLiT fine-tuning)."),
+    Setting("image_tower_learning_rate_multiplier", "float", None,
+            "Train the image tower at this fraction of the learning rate (e.g. 0.1; unlocked LiT)."),
+    Setting("precision", "enum", "float32", "Keras dtype policy.", ("float32", "mixed_bfloat16")),
+    Setting("distribution", "enum", "none", "keras.distribution set-up (JAX).", ("none", "data", "model")),
+    Setting("mesh", "string", None, "(batch, model) mesh for --distribution=model, e.g. 2,4."),
 )
+
+def backup_callback(workdir):
+    """The crash-recovery callback (weights, optimizer state and step, every epoch) writing `workdir/backup`."""
+    return keras.callbacks.BackupAndRestore(str(pathlib.Path(workdir) / "backup"), save_freq="epoch")
+
+
+def write_atomically(path, text):
+    """Writes `text` to `path` through a temporary file and `os.replace`: a kill leaves the old or the new file."""
+    path = str(path)
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
+def record_settings(config, workdir):
+    """Writes every setting of the run to `workdir/flags.txt` (an absl flagfile) and `config.json`."""
+    lines = []
+    for setting in SETTINGS:
+        value = config.get(setting.name)
+        if value is None:
+            continue
+        if setting.kind == "bool":
+            lines.append(f"--{setting.name}" if value else f"--no{setting.name}")
+        else:
+            lines.append(f"--{setting.name}={value}")
+    write_atomically(pathlib.Path(workdir) / "flags.txt", "\n".join(lines) + "\n")
+    recorded = {setting.name: config.get(setting.name) for setting in SETTINGS}
+    write_atomically(pathlib.Path(workdir) / "config.json", json.dumps(recorded, indent=1))
+
 
 def _tokenizer(sequence_length, proto=None):
     return SigLIPTokenizer(proto or str(EMBEDDED_VOCABULARY), sequence_length=sequence_length)
@@ -214,9 +284,14 @@ def _seen_classes(test):
 def run(config):
     """Trains, evaluates and writes the outputs; returns the results dict."""
     config = dict(config)
+    if config.get("train_data"):
+        from keras_siglip import train_on_files
+
+        return train_on_files.run(config)
     started = time.time()
     workdir = pathlib.Path(config["workdir"])
     workdir.mkdir(parents=True, exist_ok=True)
+    record_settings(config, workdir)
     if config["image_size"] is None:
         config["image_size"] = 16 if config["dataset"] == "digits" else 32
     if config["steps"] < 1 or config["checkpoint_every"] < 1:
@@ -251,7 +326,7 @@ def run(config):
     prompts = next(iter(test.class_prompts.values()))
     retrieval_texts, relevance = test.retrieval_set()
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(workdir / "backup"), save_freq="epoch"),
+        AtomicBackupAndRestore(str(workdir / "backup")),
         batches.epoch_callback(),
         StepLossLog(str(workdir / "loss.csv")),
     ]
