@@ -69,12 +69,102 @@ def _predict_padded(encoder, inputs, batch_size):
     return _to_numpy(encoder.predict(inputs, batch_size=batch_size, verbose=0))[:count]
 
 
+def _is_dataset(x):
+    return type(x).__module__.startswith("tensorflow") and hasattr(x, "as_numpy_iterator")
+
+
+def collect_batches(dataset, keys=None):
+    """A `tf.data.Dataset` (or any iterable) of dict or tuple batches as one dict / tuple of NumPy arrays.
+
+    What the readers give (`{"images", "token_ids"}` batches) becomes
+    `{"images": (N, S, S, 3), "token_ids": (N, L)}`; a dataset of
+    `(images, labels)` tuples becomes `(images, labels)`.
+
+    Example:
+    >>> collect_batches([{"x": np.zeros((2, 1))}, {"x": np.ones((1, 1))}])["x"].shape
+    (3, 1)
+    """
+    batches = list(dataset.as_numpy_iterator() if _is_dataset(dataset) else dataset)
+    if not batches:
+        raise ValueError("The dataset gave no batches (is it empty, or smaller than one batch with drop_remainder?).")
+    first = batches[0]
+    if isinstance(first, dict):
+        keys = list(first) if keys is None else keys
+        return {key: np.concatenate([np.asarray(batch[key]) for batch in batches]) for key in keys}
+    return tuple(np.concatenate([np.asarray(batch[i]) for batch in batches]) for i in range(len(first)))
+
+
+def images_and_labels(images, labels=None):
+    """`(images, labels)` from arrays, or from a dataset of `(images, labels)` / `{"images", "labels"}` batches."""
+    if labels is None and (_is_dataset(images) or not hasattr(images, "shape")):
+        collected = collect_batches(images)
+        if isinstance(collected, dict):
+            if not {"images", "labels"} <= set(collected):
+                raise ValueError(f"A labelled dataset needs 'images' and 'labels'; its batches have {sorted(collected)}.")
+            return collected["images"], collected["labels"]
+        if len(collected) != 2:
+            raise ValueError(f"A labelled dataset gives (images, labels) batches; got {len(collected)} parts.")
+        return collected
+    if labels is None:
+        raise ValueError("Pass labels with an array of images, or a dataset of (images, labels) batches.")
+    return images, labels
+
+
+def encode_token_ids(model, token_ids, batch_size=128):
+    """L2-normalised text embeddings `(N, dim)` of int token ids `(N, L)`, as NumPy."""
+    token_ids = np.asarray(token_ids, "int32")
+    if len(token_ids) == 0:
+        raise ValueError("encode_token_ids got no token ids.")
+    return _predict_padded(_encoder(model, "texts"), token_ids, batch_size)
+
+
+def pair_retrieval_recall(model, pairs, ks=(1, 5, 10), batch_size=128):
+    """Recall@k on image-caption pairs: each image's caption is the text to find, and back.
+
+    Captions with identical token ids are the same text, so each of them
+    counts as relevant for all of their images.
+
+    Args:
+        model: a `SigLIP`.
+        pairs: a `tf.data.Dataset` of `{"images", "token_ids"}` batches (what
+            the readers give) or a dict of those two arrays.
+        ks: the k values.
+        batch_size: int, for encoding.
+
+    Returns:
+        `retrieval_recall`'s dict, plus `"pairs"`: how many were evaluated.
+
+    Example:
+    >>> pair_retrieval_recall(model, read_manifest("val.csv", tokenizer, preprocessor, 64,
+    ...                                            training=False, drop_remainder=False))  # doctest: +SKIP
+    """
+    if not isinstance(pairs, dict):
+        pairs = collect_batches(pairs, keys=["images", "token_ids"])
+    token_ids = np.asarray(pairs["token_ids"])
+    _, text_of = np.unique(token_ids, axis=0, return_inverse=True)
+    text_of = np.asarray(text_of).reshape(-1)
+    relevance = text_of[:, None] == text_of[None, :]
+    recall = retrieval_recall(
+        encode_images(model, pairs["images"], batch_size),
+        encode_token_ids(model, token_ids, batch_size),
+        relevance=relevance,
+        ks=ks,
+    )
+    recall["pairs"] = len(token_ids)
+    return recall
+
+
 def encode_images(model, images, batch_size=128):
     """L2-normalised image embeddings `(N, dim)` as NumPy.
 
     Example:
     >>> embeddings = encode_images(model, images)  # doctest: +SKIP
+
+    `images` may also be a dataset of `{"images", ...}` batches.
     """
+    if _is_dataset(images):
+        images = collect_batches(images)
+        images = images["images"] if isinstance(images, dict) else images[0]
     images = np.asarray(images, "float32")
     if len(images) == 0:
         raise ValueError("encode_images got no images.")
@@ -280,8 +370,14 @@ class ZeroShotClassifier:
         """The predicted class index of each image."""
         return self.scores(images).argmax(axis=1)
 
-    def evaluate(self, images, labels, ks=(1, 5), image_embeddings=None):
-        """`{"top1": ..., "top5": ...}` on labelled images, with fresh class embeddings."""
+    def evaluate(self, images, labels=None, ks=(1, 5), image_embeddings=None):
+        """`{"top1": ..., "top5": ...}` on labelled images, with fresh class embeddings.
+
+        `images` with `labels`, or a `tf.data.Dataset` of `(images, labels)`
+        or `{"images", "labels"}` batches alone.
+        """
+        if image_embeddings is None:
+            images, labels = images_and_labels(images, labels)
         self.refresh()
         accuracy = top_k_accuracy(self.scores(images, image_embeddings), labels, ks)
         return {f"top{k}": value for k, value in accuracy.items()}
@@ -312,9 +408,14 @@ class _PeriodicEvaluation(keras.callbacks.Callback):
     def evaluate(self):
         raise NotImplementedError
 
+    @property
+    def _epoch_only(self):
+        # "val_" keys belong to TensorBoard's validation run, which is written per epoch only.
+        return self.prefix.startswith("val_")
+
     def _run(self, logs):
         self.latest = {f"{self.prefix}{key}": value for key, value in self.evaluate().items()}
-        if logs is not None:
+        if logs is not None and not self._epoch_only:
             logs.update(self.latest)
 
     def on_train_begin(self, logs=None):
@@ -327,13 +428,13 @@ class _PeriodicEvaluation(keras.callbacks.Callback):
         self._step += 1
         if self.every_n_steps and self._step % self.every_n_steps == 0:
             self._run(logs)
-        elif logs is not None:
+        elif logs is not None and not self._epoch_only:
             logs.update(self.latest)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0:
             self._run(logs)
-        elif logs is not None:
+        if logs is not None:
             logs.update(self.latest)
 
 
@@ -342,12 +443,18 @@ class ZeroShotCallback(_PeriodicEvaluation):
 
     Args:
         classifier: a `ZeroShotClassifier` over the same model.
-        images: float32 images in [-1, 1].
+        images: float32 images in [-1, 1], or a `tf.data.Dataset` of
+            `(images, labels)` / `{"images", "labels"}` batches (then no
+            `labels`); it is read once, when the callback is made.
         labels: int class of each image.
         ks: the k values.
         every_n_epochs: int or None.
         every_n_steps: int or None (both may be set).
-        prefix: str, prepended to each key (default `"zero_shot_"`).
+        prefix: str, prepended to each key (default `"zero_shot_"`). A prefix
+            starting with `"val_"` (e.g. `"val_zero_shot_"`) puts the results
+            in the epoch logs only, which `keras.callbacks.TensorBoard` writes
+            to its validation run beside `fit(validation_data=...)`'s
+            `val_loss`.
 
     Example:
     >>> callback = ZeroShotCallback(ZeroShotClassifier(model, tokenizer, names),
@@ -355,9 +462,10 @@ class ZeroShotCallback(_PeriodicEvaluation):
     >>> model.fit(batches, callbacks=[callback])  # doctest: +SKIP
     """
 
-    def __init__(self, classifier, images, labels, ks=(1, 5), every_n_epochs=1, every_n_steps=None,
+    def __init__(self, classifier, images, labels=None, ks=(1, 5), every_n_epochs=1, every_n_steps=None,
                  prefix="zero_shot_"):
         super().__init__(every_n_epochs, every_n_steps, prefix)
+        images, labels = images_and_labels(images, labels)
         if len(images) != len(labels):
             raise ValueError(f"Got {len(images)} images and {len(labels)} labels.")
         self.classifier = classifier
@@ -376,27 +484,38 @@ class RetrievalCallback(_PeriodicEvaluation):
     Keys: `{prefix}i2t_r{k}` and `{prefix}t2i_r{k}`.
 
     Args:
-        tokenizer: maps a list of strings to token ids.
+        tokenizer: maps a list of strings to token ids (unused with `pairs`).
         images: float32 images in [-1, 1].
         texts: list of str.
         text_image_ids: int per text, the image it describes; or
         relevance: boolean `(images, texts)` matrix (see `retrieval_recall`).
         ks: the k values.
         every_n_epochs, every_n_steps: when to run (both may be set).
-        prefix: str (default `"retrieval_"`).
+        prefix: str (default `"retrieval_"`); a `"val_"` prefix logs to
+            TensorBoard's validation run (see `ZeroShotCallback`).
         batch_size: int, for encoding.
+        pairs: instead of images and texts, image-caption pairs: a
+            `tf.data.Dataset` of `{"images", "token_ids"}` batches from a
+            reader (read once, here) or a dict of arrays; scored by
+            `pair_retrieval_recall`.
 
     Example:
     >>> callback = RetrievalCallback(tokenizer, images, captions,
     ...                              text_image_ids=owner, every_n_epochs=1)  # doctest: +SKIP
     """
 
-    def __init__(self, tokenizer, images, texts, text_image_ids=None, relevance=None, ks=(1, 5, 10),
-                 every_n_epochs=1, every_n_steps=None, prefix="retrieval_", batch_size=128):
+    def __init__(self, tokenizer=None, images=None, texts=None, text_image_ids=None, relevance=None,
+                 ks=(1, 5, 10), every_n_epochs=1, every_n_steps=None, prefix="retrieval_", batch_size=128,
+                 pairs=None):
         super().__init__(every_n_epochs, every_n_steps, prefix)
+        if (pairs is None) == (images is None or texts is None):
+            raise ValueError("Pass either images and texts (with tokenizer), or pairs.")
+        if pairs is not None and not isinstance(pairs, dict):
+            pairs = collect_batches(pairs, keys=["images", "token_ids"])
+        self.pairs = pairs
         self.tokenizer = tokenizer
         self.images = images
-        self.texts = list(texts)
+        self.texts = None if texts is None else list(texts)
         self.text_image_ids = text_image_ids
         self.relevance = relevance
         self.ks = _check_ks(ks)
@@ -404,13 +523,16 @@ class RetrievalCallback(_PeriodicEvaluation):
 
     def evaluate(self):
         model = self.model  # syncs the JAX training state
-        recall = retrieval_recall(
-            encode_images(model, self.images, self.batch_size),
-            encode_texts(model, self.tokenizer, self.texts, self.batch_size),
-            text_image_ids=self.text_image_ids,
-            relevance=self.relevance,
-            ks=self.ks,
-        )
+        if self.pairs is not None:
+            recall = pair_retrieval_recall(model, self.pairs, self.ks, self.batch_size)
+        else:
+            recall = retrieval_recall(
+                encode_images(model, self.images, self.batch_size),
+                encode_texts(model, self.tokenizer, self.texts, self.batch_size),
+                text_image_ids=self.text_image_ids,
+                relevance=self.relevance,
+                ks=self.ks,
+            )
         logs = {f"i2t_r{k}": v for k, v in recall["image_to_text"].items()}
         logs.update({f"t2i_r{k}": v for k, v in recall["text_to_image"].items()})
         return logs

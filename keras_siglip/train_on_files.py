@@ -1,0 +1,348 @@
+r"""The main job on your own image-caption files: streamed, resumable, evaluated.
+
+    python -m keras_siglip.train --train_data='data/{00000..00099}.tar' \
+        --val_data=val.csv --steps=10000 --batch_size=256 --preset=siglip_base_patch16_224
+
+`keras_siglip.train.run` comes here when `--train_data` is set. The data are
+read by `keras_siglip.data` as one endless, seeded stream (`repeat=True`: the
+files are reshuffled each pass, so `--steps` never runs out of data and no
+shard needs to fit in memory); each process of a multi-host job reads its own
+shards. Every `--checkpoint_every` steps the crash-recovery backup is written
+and, beside it, the stream position (`data_position.json`, written atomically,
+keyed by step): after `kill -9` the same command restores the weights,
+optimizer and step and skips the stream to where that step left it (the
+samples before are read again, not decoded), so the run ends with the weights
+of an uninterrupted one. The progress bar shows `pairs_per_second` and
+`images_per_second` (images read, unreadable ones included).
+"""
+
+import json
+import math
+import os
+import pathlib
+import shutil
+import time
+
+import keras
+import numpy as np
+
+from keras_siglip import SigLIP, SigmoidLoss, SoftmaxLoss, evaluation, train
+from keras_siglip.templates import DEFAULT_TEMPLATES
+
+MANIFEST_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".json")
+
+
+def data_format(spec, declared="auto"):
+    """`"manifest"`, `"webdataset"` or `"tfrecord"` for a `--train_data` value (by extension unless declared)."""
+    if declared != "auto":
+        return declared
+    first = spec.split(",")[0].lower()
+    if first.endswith(MANIFEST_EXTENSIONS):
+        return "manifest"
+    if ".tar" in first:
+        return "webdataset"
+    if ".tfrecord" in first or ".tfrec" in first:
+        return "tfrecord"
+    raise ValueError(f"Cannot tell the layout of {spec!r} from its name: pass --data_format.")
+
+
+def read_data(spec, config, tokenizer, preprocessor, batch_size, **options):
+    """A reader's `tf.data.Dataset` for `spec` with the job's column / key settings."""
+    from keras_siglip.data import readers
+
+    kind = data_format(spec, config["data_format"])
+    options.setdefault("shuffle_buffer", config["shuffle_buffer"])
+    image_key, caption_key = config["image_key"], config["caption_key"]
+    if kind == "manifest":
+        keys = {"image_column": image_key or "image", "caption_column": caption_key or "caption"}
+        return readers.read_manifest(spec, tokenizer, preprocessor, batch_size, image_root=config["image_root"],
+                                     **keys, **options)
+    shards = spec.split(",") if "," in spec and "{" not in spec else spec
+    if kind == "webdataset":
+        keys = {"caption_extension": caption_key or "txt"}
+        if image_key:
+            keys["image_extensions"] = tuple(image_key.split("|"))
+        return readers.read_tar_shards(shards, tokenizer, preprocessor, batch_size, **keys, **options)
+    keys = {"image_feature": image_key or "jpg", "caption_feature": caption_key or "txt"}
+    return readers.read_tfrecords(shards, tokenizer, preprocessor, batch_size, **keys, **options)
+
+
+def build(config):
+    """`(model, tokenizer, image_preprocessor)`: from `--preset`, or fresh from the width flags."""
+    from keras_siglip import SigLIPImagePreprocessor, presets
+
+    tokenizer = preprocessor = None
+    if config["preset"]:
+        model, tokenizer, preprocessor = presets.load_preset(config["preset"])
+    else:
+        if config["image_size"] is None:
+            raise ValueError("--train_data without --preset needs --image_size.")
+        tokenizer = train._tokenizer(config["sequence_length"], config["tokenizer"])
+        config = dict(config, vocabulary_size=tokenizer.vocabulary_size())
+        model, _ = train.build_model(config)
+    if config["tokenizer"] and config["preset"]:
+        tokenizer = train._tokenizer(model.text_encoder.sequence_length, config["tokenizer"])
+    if tokenizer is None:
+        raise ValueError(f"Preset {config['preset']!r} has no tokenizer: pass --tokenizer=path/to/spiece.model.")
+    if preprocessor is None:
+        preprocessor = SigLIPImagePreprocessor(model.image_encoder.image_size)
+    if config["lock_image_tower"] and not model.lock_image_tower:
+        locked = SigLIP(model.image_encoder, model.text_encoder, log_temperature_init=model.log_temperature_init,
+                        bias_init=model.bias_init, lock_image_tower=True)
+        locked.log_temperature.assign(model.log_temperature)
+        locked.bias.assign(model.bias)
+        model = locked
+    return model, tokenizer, preprocessor
+
+
+def training_preprocessor(preprocessor, config):
+    """The evaluation preprocessor with the augmentation flags switched on."""
+    from keras_siglip import SigLIPImagePreprocessor
+
+    settings = preprocessor.get_config()
+    settings.update(random_resized_crop=config["random_resized_crop"], horizontal_flip=config["horizontal_flip"])
+    return SigLIPImagePreprocessor.from_config(settings)
+
+
+def strategy_of(config):
+    """The `keras.distribution` set-up of `--distribution` / `--mesh` (JAX), or None."""
+    if config["distribution"] == "none":
+        return None
+    from keras_siglip import distribution
+
+    if config["distribution"] == "data":
+        return distribution.data_parallel()
+    mesh = tuple(int(size) for size in config["mesh"].split(",")) if config["mesh"] else None
+    if mesh is None:
+        mesh = (1, len(keras.distribution.list_devices()))
+    return distribution.model_parallel(mesh)
+
+
+class StreamPosition(keras.callbacks.Callback):
+    """Resumes the training stream where the restored step left it, and records where each checkpoint is.
+
+    Placed after the backup callback: at `on_train_begin` the step is the
+    restored one; its stream position (read from `path`) is put in
+    `start_variable`, which the dataset reads when `fit` iterates it. Every
+    `every` steps the position after that step is added to `path` (atomically,
+    the last few steps kept), before the epoch's backup is written.
+
+    Args:
+        positions: the dataset's `StreamPositions`.
+        start_variable: the int64 `tf.Variable` the dataset skips by.
+        path: the JSON file of `{step: position}`.
+        every: steps between checkpoints.
+    """
+
+    def __init__(self, positions, start_variable, path, every):
+        super().__init__()
+        self.positions, self.start_variable, self.path, self.every = positions, start_variable, path, every
+        self.end = 0
+
+    def recorded(self):
+        if not os.path.exists(self.path):
+            return {}
+        with open(self.path) as f:
+            return {int(step): int(end) for step, end in json.load(f).items()}
+
+    def on_train_begin(self, logs=None):
+        self.first_step = self.step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        recorded = self.recorded()
+        if self.first_step and self.first_step not in recorded:
+            raise ValueError(f"The checkpoint at step {self.first_step} has no data position in {self.path} "
+                             f"(recorded steps: {sorted(recorded)}); remove the workdir's backup/ to start over.")
+        self.start = recorded.get(self.first_step, 0)
+        self.end = self.start
+        self.start_variable.assign(self.start)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.end = self.positions.end_of(self.step - self.first_step, self.start)
+        self.step += 1
+        if self.step % self.every == 0:
+            recorded = self.recorded()
+            recorded[self.step] = self.end
+            kept = dict(sorted(recorded.items())[-5:])
+            train.write_atomically(self.path, json.dumps({str(k): v for k, v in kept.items()}))
+
+
+class Throughput(keras.callbacks.Callback):
+    """Puts `pairs_per_second` and `images_per_second` (images read) of the current epoch in the logs."""
+
+    def __init__(self, batch_size, images_read):
+        super().__init__()
+        self.batch_size, self.images_read = batch_size, images_read
+        self.rates = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started, self.batches, self.read_before = time.perf_counter(), 0, self.images_read()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+        seconds = max(time.perf_counter() - self.started, 1e-9)
+        if logs is not None:
+            logs["pairs_per_second"] = self.batch_size * self.batches / seconds
+            logs["images_per_second"] = (self.images_read() - self.read_before) / seconds
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self.started
+        self.rates.append(self.batch_size * self.batches / seconds)
+
+
+class SkipLimit(keras.callbacks.Callback):
+    """Stops training with a ValueError once more than `limit` images could not be read."""
+
+    def __init__(self, skipped, limit):
+        super().__init__()
+        self.skipped, self.limit = skipped, limit
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.skipped.count > self.limit:
+            raise ValueError(f"{self.skipped.count} images or rows could not be read, over "
+                             f"--max_skipped_images={self.limit}; the first: {', '.join(self.skipped.names)}. "
+                             "The last checkpoint is kept.")
+
+
+def zero_shot_set(config, tokenizer, preprocessor):
+    """`(classifier_prompts, images, labels)` of `--zero_shot_classes` on `--zero_shot_data`, or None."""
+    if not config["zero_shot_classes"]:
+        return None
+    if not config["zero_shot_data"]:
+        raise ValueError("--zero_shot_classes needs --zero_shot_data (images whose caption is the class name).")
+    names = [line.strip() for line in open(config["zero_shot_classes"]) if line.strip()]
+    templates = list(DEFAULT_TEMPLATES)
+    if config["zero_shot_templates"]:
+        templates = [line.rstrip("\n") for line in open(config["zero_shot_templates"]) if line.strip()]
+    data = evaluation.collect_batches(read_data(config["zero_shot_data"], config, tokenizer, preprocessor, 64,
+                                                training=False, drop_remainder=False, with_captions=True,
+                                                shard=(0, 1)))
+    index = {name: i for i, name in enumerate(names)}
+    captions = [c.decode("utf-8").strip() for c in data["captions"]]
+    unknown = sorted(set(captions) - set(index))
+    if unknown:
+        raise ValueError(f"--zero_shot_data has classes not in {config['zero_shot_classes']}: {unknown[:5]}.")
+    return names, templates, data["images"], np.array([index[c] for c in captions])
+
+
+def run(config):
+    """Trains on `config["train_data"]`, evaluates, writes the workdir; returns the results dict."""
+    import tensorflow as tf
+
+    from keras_siglip import backend
+    from keras_siglip.data import readers
+
+    started = time.time()
+    workdir = pathlib.Path(config["workdir"])
+    workdir.mkdir(parents=True, exist_ok=True)
+    if config["steps"] < 1 or config["checkpoint_every"] < 1:
+        raise ValueError("--steps and --checkpoint_every must be positive.")
+    train.record_settings(config, workdir)
+    if config["precision"] != "float32":
+        keras.config.set_dtype_policy(config["precision"])
+    strategy = strategy_of(config)
+    process, processes = backend.process_index_and_count()
+    if config["batch_size"] % processes:
+        raise ValueError(f"--batch_size={config['batch_size']} must be divisible by {processes} processes.")
+    local_batch = config["batch_size"] // processes
+    keras.utils.set_random_seed(config["seed"])
+    scope = strategy.scope() if strategy is not None else _no_scope()
+    with scope:
+        model, tokenizer, preprocessor = build(config)
+
+    epochs = math.ceil(config["steps"] / config["checkpoint_every"])
+    total_steps = epochs * config["checkpoint_every"]
+    start = tf.Variable(0, dtype=tf.int64, trainable=False)
+    positions = readers.StreamPositions()
+    skipped = readers.SkippedImages()
+    dataset = read_data(config["train_data"], config, tokenizer, training_preprocessor(preprocessor, config),
+                        local_batch, seed=config["seed"], repeat=True, start_position=start, positions=positions,
+                        skipped=skipped)
+    val = None
+    if config["val_data"]:
+        val = evaluation.collect_batches(read_data(config["val_data"], config, tokenizer, preprocessor, 64,
+                                                   training=False, drop_remainder=False, shard=(0, 1)),
+                                         keys=["images", "token_ids"])
+    zero_shot = zero_shot_set(config, tokenizer, preprocessor)
+
+    with scope:
+        model.compile(
+            loss=SigmoidLoss() if config["loss"] == "sigmoid" else SoftmaxLoss(),
+            learning_rate=train.learning_rate_schedule(config["learning_rate"], config["warmup_steps"], total_steps),
+            weight_decay=config["weight_decay"],
+            micro_batch_size=config["micro_batch_size"],
+            image_tower_learning_rate_multiplier=config["image_tower_learning_rate_multiplier"],
+        )
+    suffix = "" if processes == 1 else f".{process}-of-{processes}"
+    stream = StreamPosition(positions, start, str(workdir / f"data_position{suffix}.json"), config["checkpoint_every"])
+    throughput = Throughput(local_batch, lambda: stream.end)
+    callbacks = [train.backup_callback(workdir), stream, throughput, train.StepLossLog(str(workdir / "loss.csv"))]
+    if config["max_skipped_images"] is not None:
+        callbacks.append(SkipLimit(skipped, config["max_skipped_images"]))
+    if config["eval_every"]:
+        schedule = dict(every_n_steps=config["eval_every"], every_n_epochs=None)
+        if val is not None:
+            callbacks.append(evaluation.RetrievalCallback(pairs=val, ks=(1, 5, 10), **schedule))
+        if zero_shot is not None:
+            names, templates, images, labels = zero_shot
+            classifier = evaluation.ZeroShotClassifier(model, tokenizer, names, templates)
+            callbacks.append(evaluation.ZeroShotCallback(classifier, images, labels, **schedule))
+    callbacks.append(keras.callbacks.ModelCheckpoint(str(workdir / "checkpoint.weights.h5"), save_weights_only=True))
+    if config["tensorboard"]:
+        callbacks.append(keras.callbacks.TensorBoard(str(workdir / "tensorboard"), update_freq="epoch"))
+    model.fit(dataset, epochs=epochs, steps_per_epoch=config["checkpoint_every"], callbacks=callbacks,
+              verbose=config["verbose"], shuffle=False)
+    train_seconds = time.time() - started
+
+    results = {
+        "train_data": config["train_data"],
+        "backend": keras.backend.backend(),
+        "steps": total_steps,
+        "batch_size": config["batch_size"],
+        "loss": config["loss"],
+        "parameters": int(model.count_params()),
+        "skipped_images": {"count": skipped.count, "first": skipped.names},
+        "truncated_captions": {"count": dataset.captions.truncated, "of": dataset.captions.seen,
+                               "sequence_length": model.text_encoder.sequence_length},
+        "pairs_per_second": round(float(np.median(throughput.rates[1:] or throughput.rates)), 1),
+        "train_seconds": round(train_seconds, 1),
+    }
+    if val is not None:
+        results["retrieval"] = evaluation.pair_retrieval_recall(model, val)
+    if zero_shot is not None:
+        names, templates, images, labels = zero_shot
+        classifier = evaluation.ZeroShotClassifier(model, tokenizer, names, templates)
+        results["zero_shot"] = classifier.evaluate(images, labels)
+    if process == 0:
+        preset_dir = workdir / "preset"
+        shutil.rmtree(preset_dir, ignore_errors=True)
+        model.save_to_preset(str(preset_dir), tokenizer=tokenizer, image_converter=preprocessor)
+        train.plot(str(workdir / "main_job.png"), train.read_loss_log(str(workdir / "loss.csv")),
+                   np.zeros((1, 1)), [""], f"{config['train_data']}: {total_steps} steps x {config['batch_size']}")
+    results["total_seconds"] = round(time.time() - started, 1)
+    if process == 0:
+        train.write_atomically(workdir / "results.json", json.dumps(results, indent=1, default=str))
+        print_report(results, workdir)
+    return results
+
+
+class _no_scope:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def print_report(results, workdir):
+    if "retrieval" in results:
+        i2t, t2i = results["retrieval"]["image_to_text"], results["retrieval"]["text_to_image"]
+        print(f"\nHeld-out retrieval recall on {results['retrieval']['pairs']} pairs (image->text | text->image):")
+        print(f"  R@1 {i2t[1]:.1%} R@5 {i2t[5]:.1%} R@10 {i2t[10]:.1%} | "
+              f"R@1 {t2i[1]:.1%} R@5 {t2i[5]:.1%} R@10 {t2i[10]:.1%}")
+    if "zero_shot" in results:
+        print(f"Zero-shot accuracy: top-1 {results['zero_shot']['top1']:.1%}  top-5 {results['zero_shot']['top5']:.1%}")
+    skipped, truncated = results["skipped_images"], results["truncated_captions"]
+    print(f"Skipped {skipped['count']} unreadable images{': ' + ', '.join(skipped['first']) if skipped['count'] else ''}; "
+          f"truncated {truncated['count']} of {truncated['of']} captions to {truncated['sequence_length']} tokens.")
+    print(f"{results['steps']} steps in {results['train_seconds']} s of training ({results['pairs_per_second']} "
+          f"pairs/s), {results['total_seconds']} s in all. Wrote {workdir}/: preset/, checkpoint.weights.h5, "
+          "loss.csv, results.json, flags.txt, config.json")
