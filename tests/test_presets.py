@@ -12,7 +12,8 @@ import keras_siglip
 from keras_siglip import SigLIP
 from keras_siglip.presets import PRESETS, build_model, count_parameters, load_preset, siglit
 
-RELEASED = [name for name, entry in PRESETS.items() if entry["sources"]]
+# SigLIP 1 (SigLIP 2 presets: tests/test_siglip2_fixres.py, tests/test_naflex.py; keras-hub miscounts two of them).
+RELEASED = [name for name, entry in PRESETS.items() if entry["sources"] and not name.startswith("siglip2_")]
 
 
 def perturb(model, seed=0):
