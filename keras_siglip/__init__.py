@@ -13,6 +13,8 @@ The public API, in the order an image and a caption meet it:
   `softmax_loss` / `SoftmaxLoss`;
 - presets and checkpoints: `list_presets`, `keras_siglip.presets`, and `export` (to
   transformers, keras-hub and big_vision; `keras-siglip-convert` on the command line);
+- serving: `TowerModel` (`model.tower_model("image")`), one tower as a model whose
+  `export` writes a SavedModel, ONNX, LiteRT or torch artifact with no input signature;
 - `keras_siglip.evaluation` (zero-shot, retrieval) and `keras_siglip.distribution`.
 
 Importing the package loads Keras and the model code only: TensorFlow,
@@ -25,6 +27,7 @@ from keras_siglip.losses import SigmoidLoss, SoftmaxLoss, sigmoid_loss, softmax_
 from keras_siglip.models.siglip.naflex_image_encoder import NaFlexImageEncoder
 from keras_siglip.models.siglip.naflex_image_preprocessor import NaFlexImagePreprocessor
 from keras_siglip.models.siglip.siglip_model import SigLIP
+from keras_siglip.models.siglip.tower_model import TowerModel
 from keras_siglip.models.siglip.towers import VARIANTS, ImageEncoder, TextEncoder
 from keras_siglip.optimizers import MultipliedLearningRateAdamW
 
@@ -69,6 +72,7 @@ __all__ = [
     "SigmoidLoss",
     "SoftmaxLoss",
     "TextEncoder",
+    "TowerModel",
     "data",
     "distribution",
     "evaluation",

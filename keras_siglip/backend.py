@@ -3,8 +3,8 @@
 Everything else is written with `keras.ops`. What cannot be lives here, behind
 small functions chosen once by `BACKEND`: making a TensorFlow step's updates
 wait for its batch (`updates_wait_for`), the pieces of the blockwise and ring
-losses that differ between backends, the map over micro-batches, the host's place in a multi-host job, and
-the one `torch.compile` that `jit_compile=True` uses on PyTorch.
+losses that differ between backends, the map over micro-batches, the host's place in a multi-host job, the
+export arguments that keep a batch dynamic, and the one `torch.compile` that `jit_compile=True` uses on PyTorch.
 """
 
 import collections
@@ -57,6 +57,27 @@ def with_static_batch_size(data, batch_size):
 def is_batch_size_error(error):
     """True for the error of a batch refused by `with_static_batch_size`."""
     return "EnsureShape" in str(error) and "is not compatible with expected shape" in str(error)
+
+
+# Formats of `keras.Model.export` that cannot trace a dynamic batch on this
+# backend: Keras replaces it by 1 for LiteRT on torch, and torch's ONNX exporter
+# fails on the symbolic batch of LayerNorm's shape.
+STATIC_BATCH_EXPORTS = {"torch": ("onnx", "litert")}.get(BACKEND, ())
+
+
+def dynamic_batch_export_kwargs(format, input_signature):
+    """The `keras.Model.export` arguments that keep the batch dimension of `input_signature` dynamic.
+
+    Keras's `format="torch"` traces with a batch of 1 and specialises it
+    unless `dynamic_shapes` names the batch axis; other formats keep a `None`
+    dimension by themselves.
+    """
+    if BACKEND != "torch" or format != "torch":
+        return {}
+    import torch
+
+    batch = torch.export.Dim("batch", min=1)
+    return {"dynamic_shapes": keras.tree.map_structure(lambda spec: {0: batch}, input_signature[0])}
 
 
 # ---------------------------------------------------------------------------

@@ -569,6 +569,43 @@ class SigLIP(keras.Model):
         presets.save_preset(preset_dir, self, tokenizer=tokenizer, image_converter=image_converter)
 
 
+    # -- serving -------------------------------------------------------------
+
+    def tower_model(self, tower):
+        """The `"image"` or `"text"` tower as a `TowerModel`: embeddings out, `export` with no signature.
+
+        Example:
+        >>> model = SigLIP.from_variant("tiny", image_size=32, patch_size=8,
+        ...                             vocabulary_size=100, sequence_length=8)
+        >>> model.tower_model("image").input_signature()
+        InputSpec(dtype=float32, shape=(None, 32, 32, 3), ndim=4)
+        """
+        from keras_siglip.models.siglip.tower_model import TowerModel
+
+        return TowerModel(self, tower)
+
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None, batch_size=None,
+               **kwargs):
+        """`keras.Model.export` of the two-tower call, its input signature read from the towers.
+
+        The artifact takes `{"images", "token_ids"}` and returns both
+        embeddings; to serve one tower, export `tower_model("image")` or
+        `tower_model("text")` (see `TowerModel.export` for the formats each
+        backend supports and `batch_size`).
+        """
+        from keras_siglip.models.siglip.tower_model import TowerModel
+
+        if input_signature is None:
+            image, text = (TowerModel(self, tower) for tower in ("image", "text"))
+            batch_size = image.static_batch_size(format, batch_size)
+            images = image.input_signature(batch_size)
+            images = images if isinstance(images, dict) else {"images": images}
+            input_signature = [{**images, "token_ids": text.input_signature(batch_size)}]
+            if batch_size is None:
+                kwargs = {**backend.dynamic_batch_export_kwargs(format, input_signature), **kwargs}
+        return super().export(filepath, format=format, verbose=verbose, input_signature=input_signature,
+                              **kwargs)
+
     def get_config(self):
         config = super().get_config()
         config.update(
