@@ -221,3 +221,46 @@ def test_callbacks_reject_bad_schedules():
     with pytest.raises(ValueError, match="Set every_n_epochs or every_n_steps"):
         evaluation.RetrievalCallback(char_tokenizer, np.zeros((2, 16, 16, 3)), ["a", "b"],
                                      text_image_ids=[0, 1], every_n_epochs=None)
+
+
+def test_evaluation_takes_reader_datasets():
+    import tensorflow as tf
+
+    model = tiny_siglip()
+    pairs = random_pairs(10, seed=3)
+    labels = np.arange(10) % 3
+    images = tf.data.Dataset.from_tensor_slices((pairs["images"], labels)).batch(4)
+    classifier = evaluation.ZeroShotClassifier(model, lambda texts: random_pairs(len(texts))["token_ids"],
+                                               class_prompts=[["a"], ["b"], ["c"]])
+    assert classifier.evaluate(images) == classifier.evaluate(pairs["images"], labels)
+    as_dicts = images.map(lambda x, y: {"images": x, "labels": y})
+    assert classifier.evaluate(as_dicts) == classifier.evaluate(pairs["images"], labels)
+    dataset = tf.data.Dataset.from_tensor_slices(pairs).batch(4)
+    recall = evaluation.pair_retrieval_recall(model, dataset, ks=(1, 5))
+    expected = evaluation.retrieval_recall(evaluation.encode_images(model, pairs["images"]),
+                                           evaluation.encode_token_ids(model, pairs["token_ids"]),
+                                           text_image_ids=np.arange(10), ks=(1, 5))
+    assert recall == dict(expected, pairs=10)
+    with pytest.raises(ValueError, match="labels"):
+        classifier.evaluate(dataset)
+
+
+def test_val_prefixed_callbacks_log_to_the_validation_run(tmp_path):
+    import tensorflow as tf
+
+    model = tiny_siglip()
+    model.compile()
+    pairs = random_pairs(16, seed=4)
+    callback = evaluation.RetrievalCallback(pairs=tf.data.Dataset.from_tensor_slices(pairs).batch(8),
+                                            ks=(1,), prefix="val_retrieval_")
+    board = keras.callbacks.TensorBoard(str(tmp_path))
+    history = model.fit(pairs, batch_size=8, epochs=1, validation_data=pairs, callbacks=[callback, board], verbose=0)
+    assert {"val_loss", "val_retrieval_i2t_r1", "val_retrieval_t2i_r1"} <= set(history.history)
+    written = {}
+    for run in ("train", "validation"):
+        for event_file in tf.io.gfile.glob(str(tmp_path / run / "events*")):
+            for event in tf.compat.v1.train.summary_iterator(event_file):
+                for value in event.summary.value:
+                    written.setdefault(run, set()).add(value.tag)
+    assert {"epoch_retrieval_i2t_r1", "epoch_loss"} <= written["validation"]
+    assert not any("retrieval" in tag for tag in written["train"])

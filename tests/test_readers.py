@@ -442,3 +442,68 @@ def test_tfrecord_that_is_no_example_is_a_counted_skip(corpus, tokenizer, tmp_pa
         _, token_ids = collect(dataset)
     np.testing.assert_array_equal(token_ids, keras.ops.convert_to_numpy(tokenizer([s["caption"] for s in samples[:2]])))
     assert dataset.skipped_images.count == 1
+
+
+# -- streaming: brace ranges, repeatable by seed, resumable by position ---------------------------------------------
+
+
+def test_brace_ranges_name_shards_and_a_range_of_nothing_is_refused(corpus, tokenizer):
+    from keras_siglip.data.readers import expand_braces
+
+    root, _ = corpus
+    preprocessor = SigLIPImagePreprocessor(IMAGE_SIZE)
+    assert expand_braces("a/{08..10}.tar") == ["a/08.tar", "a/09.tar", "a/10.tar"]
+    assert expand_braces("{x,y}{0..1}") == ["x0", "x1", "y0", "y1"]
+    braced = collect(read_tar_shards(str(root / "shard-{0..1}.tar"), tokenizer, preprocessor, 4, training=False))
+    globbed = collect(read_tar_shards(str(root / "shard-*.tar"), tokenizer, preprocessor, 4, training=False))
+    np.testing.assert_array_equal(braced[1], globbed[1])
+    with pytest.raises(ValueError, match="No tar shard matches.*none of its 3 names"):
+        read_tar_shards(str(root / "shard-{5..7}.tar"), tokenizer, preprocessor, 4)
+    with pytest.raises(ValueError, match=r"1 tar shard\(s\) do not exist"):
+        read_tar_shards(str(root / "shard-{0..2}.tar"), tokenizer, preprocessor, 4)
+    with pytest.raises(ValueError, match="backwards"):
+        expand_braces("{3..1}")
+    with pytest.raises(ValueError, match="empty"):
+        read_tar_shards([], tokenizer, preprocessor, 4)
+
+
+@pytest.mark.parametrize("layout", ["csv", "tar"])
+def test_seeded_stream_repeats_without_deterministic_and_resumes_at_a_position(corpus, tokenizer, layout):
+    from keras_siglip.data.readers import StreamPositions
+
+    root, _ = corpus
+    preprocessor = SigLIPImagePreprocessor(IMAGE_SIZE, random_resized_crop=True, horizontal_flip=True)
+    make = readers(root)[layout]
+
+    def stream(start=0, positions=None):
+        dataset = make(tokenizer, preprocessor, 5, seed=0, repeat=True, shuffle_buffer=6, start_position=start,
+                       positions=positions)
+        return [(b["images"].numpy(), b["token_ids"].numpy()) for b in dataset.take(7)]  # 35 samples: 3 passes
+
+    positions = StreamPositions()
+    first = stream(positions=positions)
+    again = stream()
+    for (a, b), (c, d) in zip(first, again):
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b, d)
+    ends = [positions.end_of(n, start=0) for n in range(7)]
+    assert ends == [5 * (n + 1) for n in range(7)]  # no image skipped
+    variable = tf.Variable(0, dtype=tf.int64)
+    resumed = make(tokenizer, preprocessor, 5, seed=0, repeat=True, shuffle_buffer=6, start_position=variable)
+    variable.assign(ends[2])  # read when iterated: the batches after the third, augmentation included
+    tail = [(b["images"].numpy(), b["token_ids"].numpy()) for b in resumed.take(4)]
+    for (a, b), (c, d) in zip(first[3:], tail):
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b, d)
+
+
+def test_captions_longer_than_the_text_tower_are_counted(corpus, tokenizer):
+    root, samples = corpus
+    dataset = read_manifest(str(root / "pairs.csv"), tokenizer, SigLIPImagePreprocessor(IMAGE_SIZE), 4,
+                            training=False, drop_remainder=False)
+    with pytest.warns(UserWarning, match="truncated"):
+        list(dataset)
+    pieces = tokenizer._live_sentence_piece().tokenize(tokenizer.normalize([s["caption"] for s in samples]))
+    expected = int(np.sum(pieces.row_lengths().numpy() + 1 > SEQUENCE_LENGTH))
+    assert 0 < expected < 12
+    assert (dataset.captions.seen, dataset.captions.truncated) == (12, expected)

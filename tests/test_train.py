@@ -23,6 +23,11 @@ FLAG_DEFAULTS = dict(
     image_size=None, patch_size=4, sequence_length=12, loss="sigmoid", batch_size=64, micro_batch_size=None, steps=600,
     learning_rate=3e-3, warmup_steps=100, weight_decay=1e-4, checkpoint_every=100, eval_every=200, seed=0,
     workdir="siglip_main_job", verbose=1, tensorboard=True,
+    train_data=None, data_format="auto", image_key=None, caption_key=None, image_root=None, val_data=None,
+    zero_shot_classes=None, zero_shot_templates=None, zero_shot_data=None, tokenizer=None,
+    random_resized_crop=False, horizontal_flip=False, shuffle_buffer=5000, max_skipped_images=None,
+    lock_image_tower=False, image_tower_learning_rate_multiplier=None, precision="float32", distribution="none",
+    mesh=None,
 )  # fmt: skip
 
 TINY_FLAGS = dict(
@@ -52,6 +57,8 @@ def test_main_job_writes_every_output(tmp_path):
     assert [step for step, _ in train.read_loss_log(str(tmp_path / "loss.csv"))] == [1, 2, 3, 4]
     assert (tmp_path / "main_job.png").stat().st_size > 10_000
     assert (tmp_path / "checkpoint.weights.h5").exists()
+    assert "--steps=4" in (tmp_path / "flags.txt").read_text().splitlines()
+    assert json.loads((tmp_path / "config.json").read_text()) == config
     assert not (tmp_path / "backup").exists()  # removed once training completed
     assert any("events" in name for _, _, files in os.walk(tmp_path / "tensorboard") for name in files)
     loaded = presets.load_preset(str(tmp_path / "preset"))

@@ -75,7 +75,7 @@ class SkippedImages:
     def add(self, name):
         with self._lock:
             self.count += 1
-            if len(self.names) < self.keep:
+            if len(self.names) < self.keep and name not in self.names:  # a repeated stream meets it again
                 self.names.append(name)
             count, names = self.count, list(self.names)
         if _is_power_of_ten(count):
