@@ -1,0 +1,162 @@
+"""The main job on image-caption files: each layout, the retrieval report, bad input, seeds and resume after SIGKILL."""
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import h5py
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_siglip import train
+
+COLORS = ["red", "green", "blue", "black", "white", "yellow"]
+TINY = dict(width=32, depth=1, num_heads=2, mlp_dim=64, image_size=8, patch_size=4, batch_size=8, warmup_steps=1,
+            eval_every=0, verbose=0, tensorboard=False, checkpoint_every=2)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """48 small JPEGs with captions: a CSV manifest, 4 tar shards (00000..00003) and 2 TFRecord shards."""
+    root = tmp_path_factory.mktemp("pairs")
+    samples = []
+    for i in range(48):
+        image = np.zeros((12, 14, 3), "uint8")
+        image[:] = np.random.default_rng(i).integers(0, 256, 3)
+        image[2:6, 3:9] = 255 - image[0, 0]
+        data = tf.io.encode_jpeg(image, quality=95).numpy()
+        (root / f"{i:04d}.jpg").write_bytes(data)
+        samples.append((f"{i:04d}", data, f"a {COLORS[i % 6]} square with the number {i} written below it"))
+    with open(root / "train.csv", "w", newline="") as file:
+        csv.writer(file).writerows([("image", "caption")] + [(f"{k}.jpg", c) for k, _, c in samples])
+    for shard in range(4):
+        with tarfile.open(root / f"{shard:05d}.tar", "w") as archive:
+            for key, data, caption in samples[shard::4]:
+                for name, content in ((f"{key}.jpg", data), (f"{key}.txt", caption.encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(content)
+                    archive.addfile(info, io.BytesIO(content))
+    for shard in range(2):
+        with tf.io.TFRecordWriter(str(root / f"part-{shard}.tfrecord")) as writer:
+            for key, data, caption in samples[shard::2]:
+                feature = {name: tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+                           for name, value in (("key", key.encode()), ("jpg", data), ("txt", caption.encode()))}
+                writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    return root
+
+
+def weights(path):
+    arrays = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+    return arrays
+
+
+LAYOUTS = {"csv": "train.csv", "tar": "{00000..00003}.tar", "tfrecord": "part-*.tfrecord"}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_trains_on_each_layout_and_reports_retrieval(data, tmp_path, layout):
+    config = train.default_config(**TINY, steps=4, train_data=str(data / LAYOUTS[layout]),
+                                  val_data=str(data / "train.csv"), workdir=str(tmp_path))
+    results = train.run(config)
+    recall = results["retrieval"]
+    assert recall["pairs"] == 48
+    for direction in ("image_to_text", "text_to_image"):
+        assert 0.0 <= recall[direction][1] <= recall[direction][5] <= recall[direction][10] <= 1.0
+    assert results["steps"] == 4 and results["skipped_images"]["count"] == 0
+    # 12 tokens per caption: these captions are longer, and every one is counted as truncated.
+    assert results["truncated_captions"]["count"] == results["truncated_captions"]["of"] >= 4 * 8
+    assert json.loads((tmp_path / "results.json").read_text())["retrieval"]["pairs"] == 48
+    positions = json.loads((tmp_path / "data_position.json").read_text())
+    assert sorted(map(int, positions)) == [2, 4] and positions["4"] == 4 * 8  # no image skipped: 8 per step
+    assert f"--train_data={data / LAYOUTS[layout]}" in (tmp_path / "flags.txt").read_text()
+    assert (tmp_path / "preset" / "model.weights.h5").exists()
+
+
+def test_one_seed_gives_one_run(data, tmp_path):
+    runs = []
+    for name in ("first", "second"):
+        config = train.default_config(**TINY, steps=4, train_data=str(data / "{00000..00003}.tar"),
+                                      random_resized_crop=True, horizontal_flip=True, workdir=str(tmp_path / name))
+        train.run(config)
+        runs.append(weights(tmp_path / name / "checkpoint.weights.h5"))
+    assert runs[0].keys() == runs[1].keys() and len(runs[0]) > 20
+    for key, value in runs[0].items():
+        np.testing.assert_array_equal(runs[1][key], value, err_msg=key)
+
+
+def test_bad_input_is_refused_or_counted(data, tmp_path):
+    def run(**overrides):
+        settings = dict(TINY, steps=2, workdir=str(tmp_path / "run"))
+        settings.update(overrides)
+        return train.run(train.default_config(**settings))
+
+    with pytest.raises(ValueError, match="no column"):
+        run(train_data=str(data / "train.csv"), caption_key="text")
+    with pytest.raises(ValueError, match="No tar shard matches.*none of its 3 names"):
+        run(train_data=str(data / "{00010..00012}.tar"))
+    with pytest.raises(ValueError, match="Cannot tell the layout"):
+        run(train_data=str(data / "shards.bin"))
+    rows = [("image", "caption"), ("0000.jpg", "fine"), ("absent.jpg", "no such file")] + [
+        (f"{i:04d}.jpg", f"picture {i}") for i in range(1, 20)]
+    with open(tmp_path / "broken.csv", "w", newline="") as file:
+        csv.writer(file).writerows(rows)
+    with pytest.warns(UserWarning, match="absent.jpg"):
+        results = run(train_data=str(tmp_path / "broken.csv"), image_root=str(data))
+    assert results["skipped_images"]["count"] >= 1
+    assert any("absent.jpg" in name for name in results["skipped_images"]["first"])
+    with pytest.raises(ValueError, match="max_skipped_images=0.*absent.jpg"):
+        run(train_data=str(tmp_path / "broken.csv"), image_root=str(data), max_skipped_images=0,
+            workdir=str(tmp_path / "strict"))
+
+
+def _command(data, workdir):
+    flags = dict(TINY, steps=16, verbose=2, train_data=str(data / "{00000..00003}.tar"), workdir=workdir,
+                 horizontal_flip=True)
+    return [sys.executable, "-m", "keras_siglip.train"] + [f"--{k}={v}" for k, v in flags.items()]
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the resume test runs the JAX main job")
+def test_sigkill_mid_stream_then_rerun_continues_the_stream_and_matches(data, tmp_path):
+    killed = str(tmp_path / "killed")
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
+    process = subprocess.Popen(_command(data, killed), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    metadata = os.path.join(killed, "backup", "training_metadata.json")
+    deadline, epoch = time.time() + 1200, 0
+    while time.time() < deadline and process.poll() is None:
+        if os.path.exists(metadata):
+            try:
+                epoch = json.load(open(metadata))["epoch"]
+            except (ValueError, KeyError):  # caught mid-write
+                epoch = 0
+            if epoch >= 3:  # 6 steps of 16: 48 pairs, the whole corpus once, into the second pass
+                break
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    positions = json.load(open(os.path.join(killed, "data_position.json")))
+    restored = json.load(open(metadata))["epoch"] * 2
+    assert 6 <= restored < 16 and positions[str(restored)] == restored * 8
+
+    rerun = subprocess.run(_command(data, killed), env=env, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert next(line for line in rerun.stdout.splitlines() if line.startswith("Epoch ")) != "Epoch 1/8"
+    assert [step for step, _ in train.read_loss_log(os.path.join(killed, "loss.csv"))] == list(range(1, 17))
+
+    reference = str(tmp_path / "reference")
+    flags = dict(TINY, steps=16, train_data=str(data / "{00000..00003}.tar"), workdir=reference, horizontal_flip=True)
+    train.run(train.default_config(**flags))
+    resumed, uninterrupted = (weights(os.path.join(d, "checkpoint.weights.h5")) for d in (killed, reference))
+    assert resumed.keys() == uninterrupted.keys() and len(resumed) > 20
+    for name, value in uninterrupted.items():
+        np.testing.assert_array_equal(resumed[name], value, err_msg=name)
