@@ -214,7 +214,7 @@ def test_naflex_model_needs_its_keys(checkpoint):
         model({"images": np.zeros((2, 12, 12, 3), "float32"), "token_ids": token_ids()[:2]})
 
 
-def test_siglip1_config_is_still_refused_as_siglip2_mismatch(tmp_path):
+def test_siglip2_config_whose_position_grid_is_not_square_is_refused(tmp_path):
     config = transformers.Siglip2Config(vision_config=dict(num_patches=24))
     (tmp_path / "config.json").write_text(config.to_json_string())
     with pytest.raises(ValueError, match="num_patches is 24"):
