@@ -91,7 +91,7 @@ class NaFlexImagePreprocessor:
     >>> preprocessor = NaFlexImagePreprocessor(patch_size=16, max_num_patches=64)
     >>> out = preprocessor([np.zeros((30, 90, 3), "uint8"), np.zeros((200, 100, 3), "uint8")])
     >>> out["pixel_values"].shape, out["spatial_shapes"].tolist()
-    ((2, 64, 768), [[4, 13], [11, 5]])
+    ((2, 64, 768), [[4, 12], [10, 5]])
     """
 
     def __init__(self, patch_size=16, max_num_patches=256, interpolation="bilinear"):
