@@ -193,6 +193,7 @@ SIGLIP2_NAFLEX = {
         "sources": [f"hf://google/siglip2-{_SIGLIP2_HF_NAME[variant]}-patch16-naflex",
                     f"{SIGLIP2_BIG_VISION_BUCKET}/siglip2_{big_vision_name}_naflex.npz"],
         "description": f"SigLIP 2 NaFlex {variant}/16: any aspect ratio, 256-1024 patches, Gemma 256k vocabulary.",
+        "vocabulary": GEMMA_VOCABULARY_FILE,
     }
     for variant, big_vision_name in (("B", "b16"), ("So400m", "so400m16"))
 }
