@@ -128,7 +128,7 @@ class Study:
         self.retrieval = {}
         for split in ("val", "test"):
             texts, relevance = self.data[split].retrieval_set()
-            self.retrieval[split] = (train.tokenize(self.tokenizer, texts), relevance)
+            self.retrieval[split] = (texts, relevance)
         self.models = {}
         self.image_tower = None
 
@@ -182,9 +182,9 @@ class Study:
         return self.models[key]
 
     def recall(self, model, split):
-        token_ids, relevance = self.retrieval[split]
+        texts, relevance = self.retrieval[split]
         images = evaluation.encode_images(model, self.data[split].images)
-        texts = evaluation._predict_padded(evaluation._encoder(model, "texts"), token_ids, 128)
+        texts = evaluation.encode_texts(model, self.tokenizer, texts)
         recall = evaluation.retrieval_recall(images, texts, relevance=relevance, ks=(1,))
         return 100 * (recall["image_to_text"][1] + recall["text_to_image"][1]) / 2
 
@@ -361,6 +361,15 @@ def plot(results):
     import matplotlib.pyplot as plt
 
     out = pathlib.Path(FLAGS.plots)
+    examples = scenes.load_scenes("test", num_images=6)
+    figure, axes = plt.subplots(1, 6, figsize=(15, 3.2))
+    for i, axis in enumerate(axes):
+        axis.imshow((examples.images[i] + 1) / 2)
+        axis.set_title(examples.captions_of(i)[0].replace(", ", ",\n"), fontsize=7)
+        axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(out / "scenes_examples.png", dpi=100)
+    plt.close(figure)
     batch_sizes = [int(b) for b in FLAGS.batch_sizes]
     colours = {"sigmoid": "tab:blue", "softmax": "tab:orange"}
     for study, name in (("batch", "study_batch_size.png"), ("siglit", "study_siglit.png")):
