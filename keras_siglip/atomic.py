@@ -23,6 +23,39 @@ def _temporary_sibling(path, kind):
     return os.path.join(folder, f".{name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's: leave it
+    return True
+
+
+def remove_leftovers(path):
+    """Removes what killed writers of `path` left beside it: their temporary files and folders.
+
+    A previous version set aside by the two-rename swap (`.<name>.old-*`) is
+    removed only when `path` itself is in place.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return
+    for entry in os.listdir(folder):
+        kind = next((k for k in ("partial", "old") if entry.startswith(f".{name}.{k}-")), None)
+        if kind is None:
+            continue
+        pid = entry.split("-")[-2]
+        if not pid.isdigit() or _alive(int(pid)) or (kind == "old" and not os.path.exists(path)):
+            continue
+        leftover = os.path.join(folder, entry)
+        if os.path.isdir(leftover):
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            os.remove(leftover)
+
+
 def sync_file(path):
     """Flushes a written file to the disk (a kill needs no flush; a power cut does)."""
     with open(path, "rb") as file:
@@ -62,6 +95,7 @@ def replaced_file(path):
     >>> open(path).read()
     'complete'
     """
+    remove_leftovers(path)
     temporary = _temporary_sibling(path, "partial")
     try:
         yield temporary
@@ -118,6 +152,7 @@ def replaced_folder(path):
             "whole folder. Choose an empty or new folder."
         )
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    remove_leftovers(path)
     temporary = _temporary_sibling(path, "partial")
     os.makedirs(temporary)
     try:

@@ -113,3 +113,112 @@ def test_a_sigkill_during_a_backup_resumes_to_the_uninterrupted_weights(tmp_path
     for key, value in uninterrupted.items():
         np.testing.assert_array_equal(weights[key], value, err_msg=key)
     assert not (tmp_path / "backup").exists()  # removed once fit completed
+
+
+# -- presets and exports -----------------------------------------------------------
+
+SAVE_OVER = textwrap.dedent('''
+    import os, signal, sys
+    import h5py
+    from keras_siglip import SigLIP
+
+    h5py.File.close = lambda self: os.kill(os.getpid(), signal.SIGKILL)  # inside the weights write
+    model = SigLIP.from_variant("tiny", image_size=16, patch_size=4, vocabulary_size=64, sequence_length=8)
+    model.save_to_preset(sys.argv[1])
+''')
+
+
+def _tokenizer():
+    from keras_siglip.data.embedded import EMBEDDED_VOCABULARY
+    from keras_siglip.models.siglip import SigLIPTokenizer
+
+    return SigLIPTokenizer(str(EMBEDDED_VOCABULARY), sequence_length=8)
+
+
+def _same_weights(a, b):
+    for x, y in zip(a.get_weights(), b.get_weights(), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.backend_independent
+def test_a_sigkill_inside_save_to_preset_keeps_the_old_preset(tmp_path):
+    from conftest import tiny_siglip
+
+    from keras_siglip import presets
+
+    folder = tmp_path / "preset"
+    old = tiny_siglip()
+    old.save_to_preset(str(folder), tokenizer=_tokenizer())
+    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3")
+    killed = subprocess.run([sys.executable, "-c", SAVE_OVER, str(folder)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    loaded = presets.load_preset(str(folder))
+    _same_weights(loaded.model, old)
+    assert loaded.tokenizer is not None
+    old.save_to_preset(str(folder))  # the next save clears what the kill left beside it
+    assert sorted(os.listdir(tmp_path)) == ["preset"]
+
+
+def test_saving_a_preset_without_a_tokenizer_leaves_no_stale_tokenizer(tmp_path):
+    from conftest import tiny_siglip
+
+    from keras_siglip import presets
+
+    folder = str(tmp_path / "preset")
+    tiny_siglip().save_to_preset(folder, tokenizer=_tokenizer())
+    assert presets.load_preset(folder).tokenizer is not None
+    new = tiny_siglip()
+    new.save_to_preset(folder)
+    loaded = presets.load_preset(folder)
+    assert loaded.tokenizer is None and "tokenizer.json" not in os.listdir(folder)
+    _same_weights(loaded.model, new)
+    assert sorted(os.listdir(tmp_path)) == ["preset"]  # no temporary folder left
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("format", ["transformers", "keras_hub", "big_vision"])
+def test_a_failed_export_leaves_the_previous_export_whole(tmp_path, monkeypatch, format):
+    from conftest import tiny_siglip
+
+    from keras_siglip import atomic, export, presets
+
+    path = str(tmp_path / ("m.npz" if format == "big_vision" else "export"))
+    old = tiny_siglip()
+    export(old, path, format=format)
+    before = sorted(os.listdir(tmp_path))
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")  # in the middle of the write: the new files are partly there
+
+    monkeypatch.setattr(atomic, "sync_file", fail)
+    with pytest.raises(OSError, match="disk full"):
+        export(tiny_siglip(), path, format=format)
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == before
+    _same_weights(presets.from_preset(path), old)
+
+
+def test_saving_refuses_to_replace_a_folder_that_is_no_checkpoint(tmp_path):
+    from conftest import tiny_siglip
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds files but no config.json"):
+        tiny_siglip().save_to_preset(str(tmp_path))
+    assert os.listdir(tmp_path) == ["notes.txt"]
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two renames"])
+def test_a_replaced_folder_swaps_whole(tmp_path, monkeypatch, exchange):
+    from keras_siglip import atomic
+
+    if not exchange:
+        monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+    folder = tmp_path / "preset"
+    for files in (["config.json", "tokenizer.json"], ["config.json"]):
+        with atomic.replaced_folder(folder) as partial:
+            for name in files:
+                pathlib.Path(partial, name).write_text(str(files))
+        assert sorted(os.listdir(folder)) == files
+    assert os.listdir(tmp_path) == ["preset"]

@@ -2,8 +2,9 @@
 
 A cache is a folder of shards `shard-00000.npz` (arrays `image_embeddings`
 (n, dim) float32 and `token_ids` (n, length) int32) and a `manifest.json` listing
-them. Each shard is written to a temporary file and renamed, and the manifest is
-rewritten after every shard, so an interrupted run resumes after the last shard
+them. Each shard and each new manifest is written to a temporary file, flushed
+and renamed into place (`keras_siglip.atomic`), and the manifest is rewritten
+after every shard, so a run killed at any moment resumes after the last shard
 it finished.
 """
 
@@ -13,6 +14,7 @@ import os
 import keras
 import numpy as np
 
+from keras_siglip import atomic
 from keras_siglip.extras import require
 
 MANIFEST = "manifest.json"
@@ -38,9 +40,8 @@ def _read_manifest(cache_dir):
 
 
 def _write_atomically(path, write):
-    temporary = path + ".partial"
-    write(temporary)
-    os.replace(temporary, path)
+    with atomic.replaced_file(path) as temporary:
+        write(temporary)
 
 
 def _save_manifest(cache_dir, manifest):
@@ -49,6 +50,11 @@ def _save_manifest(cache_dir, manifest):
             json.dump(manifest, f, indent=1)
 
     _write_atomically(_manifest_path(cache_dir), write)
+
+
+def _save_shard(path, embeddings, token_ids):
+    with open(path, "wb") as file:  # a file object: np.savez would append ".npz" to the temporary name
+        np.savez(file, image_embeddings=embeddings, token_ids=token_ids)
 
 
 def _embedding_function(image_encoder):
@@ -102,7 +108,7 @@ def write_embedding_cache(image_encoder, batches, cache_dir, examples_per_shard=
         name = f"shard-{len(manifest['shards']):05d}.npz"
         _write_atomically(
             os.path.join(cache_dir, name),
-            lambda path: np.savez(open(path, "wb"), image_embeddings=embeddings, token_ids=token_ids),
+            lambda path: _save_shard(path, embeddings, token_ids),
         )
         manifest["shards"].append({"file": name, "count": int(len(embeddings))})
         manifest["count"] += int(len(embeddings))

@@ -23,6 +23,7 @@ import warnings
 
 import numpy as np
 
+from keras_siglip import atomic
 from keras_siglip.presets import big_vision_format, hf_format, keras_hub_format
 from keras_siglip.presets.checkpoint import export_arrays, model_config
 
@@ -35,7 +36,10 @@ def export(model, path, format="transformers", tokenizer=None, image_converter=N
     Args:
         model: a `SigLIP` with keras_siglip's own towers.
         path: the folder to write (transformers, keras_hub) or the `.npz` file
-            (big_vision). An existing folder's files of the same names are replaced.
+            (big_vision). Written under a temporary name beside it and then
+            renamed into place, so a kill mid-write leaves any previous export
+            whole; an existing export folder is replaced whole (a non-empty
+            folder without a config.json is refused).
         format: `"transformers"`, `"keras_hub"` or `"big_vision"`.
         tokenizer: optional `SigLIPTokenizer`, written as the target's tokenizer.
         image_converter: optional `SigLIPImagePreprocessor` (transformers and
@@ -74,8 +78,13 @@ def export(model, path, format="transformers", tokenizer=None, image_converter=N
         _check_tokenizer(tokenizer, config)
     if image_converter is not None:
         _check_image_converter(image_converter, config)
-    writer = {"transformers": _to_transformers, "keras_hub": _to_keras_hub, "big_vision": _to_big_vision}[format]
-    writer(model, config, path, tokenizer, image_converter, progress)
+    if format == "big_vision":
+        _to_big_vision(model, config, path, tokenizer, image_converter, progress)
+        return path
+    writer = {"transformers": _to_transformers, "keras_hub": _to_keras_hub}[format]
+    _ensure_folder(path, format)
+    with atomic.replaced_folder(path) as partial:
+        writer(model, config, partial, tokenizer, image_converter, progress)
     return path
 
 
@@ -106,7 +115,6 @@ def _check_image_converter(image_converter, config):
 def _ensure_folder(path, format):
     if os.path.isfile(path):
         raise ValueError(f"{path} is a file; a {format} export is a folder.")
-    os.makedirs(path, exist_ok=True)
 
 
 # -- transformers -------------------------------------------------------------
@@ -114,7 +122,6 @@ def _ensure_folder(path, format):
 
 def _to_transformers(model, config, path, tokenizer, image_converter, progress):
     hf_format.check_exportable(config)
-    _ensure_folder(path, "transformers")
     arrays = export_arrays(model, hf_format.rules(config), "transformers' SiglipModel", progress)
     if not config["text"]["output_dim"]:
         arrays.update(hf_format.identity_text_head(config))
@@ -239,7 +246,6 @@ def _write_hf_image_processor(image_converter, config, path):
 
 def _to_keras_hub(model, config, path, tokenizer, image_converter, progress):
     keras_hub_format.check_exportable(config)
-    _ensure_folder(path, "keras_hub")
     import keras_hub
 
     arrays = export_arrays(model, keras_hub_format.rules(config), "keras-hub's SigLIPBackbone", progress)
@@ -291,7 +297,8 @@ def _to_big_vision(model, config, path, tokenizer, image_converter, progress):
     arrays = export_arrays(model, big_vision_format.rules(config), "big_vision's two_towers", progress)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    np.savez(path, **big_vision_format.to_npz_arrays(arrays))
+    with atomic.replaced_file(path) as partial, open(partial, "wb") as file:
+        np.savez(file, **big_vision_format.to_npz_arrays(arrays))
     if config["text"]["pooling"] != "last":
         pool_type = big_vision_format.pool_type(config)
         warnings.warn(
@@ -299,5 +306,5 @@ def _to_big_vision(model, config, path, tokenizer, image_converter, progress):
             f"pool_type='{pool_type}' in big_vision's text config, and pass text_pool_type='{pool_type}' to "
             "keras_siglip.presets.from_big_vision.", UserWarning, stacklevel=3)
     if tokenizer is not None:  # big_vision configs name their SentencePiece file: put it next to the weights
-        with open(path[: -len(".npz")] + ".model", "wb") as file:
+        with atomic.replaced_file(path[: -len(".npz")] + ".model") as partial, open(partial, "wb") as file:
             file.write(_proto_bytes(tokenizer))
