@@ -170,13 +170,21 @@ def _naflex_preprocessor(handle, model):
 
 
 def save_preset(folder, model, tokenizer=None, image_converter=None):
-    """Writes `model` (and optional preprocessing) to `folder` in keras-hub's preset layout."""
-    folder = os.fspath(folder)
-    preset_utils.get_preset_saver(folder).save_backbone(model)
-    if tokenizer is not None:
-        tokenizer.save_to_preset(folder)
-    if image_converter is not None:
-        image_converter.save_to_preset(folder)
+    """Writes `model` (and optional preprocessing) to `folder` in keras-hub's preset layout.
+
+    The preset is written into a temporary folder beside `folder` and takes
+    its place whole once complete (`keras_siglip.atomic.replaced_folder`): a
+    kill mid-write leaves the previous preset as it was, and nothing of it
+    (say, a tokenizer not saved this time) stays next to the new one.
+    """
+    from keras_siglip import atomic
+
+    with atomic.replaced_folder(os.fspath(folder)) as partial:
+        preset_utils.get_preset_saver(partial).save_backbone(model)
+        if tokenizer is not None:
+            tokenizer.save_to_preset(partial)
+        if image_converter is not None:
+            image_converter.save_to_preset(partial)
 
 
 def _keras_hub_siglip_presets():
@@ -354,6 +362,29 @@ def _h5_shapes(path):
     return shapes
 
 
+def safetensors_shapes(paths):
+    """`{key: shape}` of every tensor in `.safetensors` files, read from their JSON headers only.
+
+    A safetensors file starts with the 8-byte little-endian length of a JSON
+    header that lists each tensor's dtype, shape and byte range; nothing else
+    is read, so a checkpoint of many gigabytes is checked in milliseconds.
+    """
+    shapes = {}
+    for path in paths:
+        try:
+            with open(path, "rb") as file:
+                length = int.from_bytes(file.read(8), "little")
+                if not 2 <= length <= os.fstat(file.fileno()).st_size - 8:
+                    raise ValueError(f"a header length of {length} bytes")
+                header = json.loads(file.read(length))
+            shapes.update({key: tuple(entry["shape"]) for key, entry in header.items() if key != "__metadata__"})
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            raise ValueError(
+                f"Cannot read {path} as a safetensors checkpoint (truncated or corrupt?): {error}"
+            ) from None
+    return shapes
+
+
 # What each tower's config says, and the weight (key suffix, axis) that says the same: the shapes that
 # make a model of another size. The head count leaves no trace in the shapes; for this format the config
 # is authoritative on it, so it is only checked to divide the width.
@@ -399,14 +430,22 @@ def _load_native_weights(model, handle, path):
         raise ValueError(f"Cannot read {path} (truncated or corrupt?): {type(error).__name__}: {error}") from None
 
 
-def _converted(config, arrays, rules, source_name, ignored, dtype, load_weights):
+def _converted(config, arrays, rules, source_name, ignored, dtype, load_weights, shapes=None):
+    """The model of `config` with `arrays` assigned, checked against their keys and shapes before building.
+
+    `arrays` may be a callable that loads them: then `shapes` (`{key: shape}`,
+    read from the files' headers) is checked first and nothing is loaded for a
+    checkpoint that disagrees with its config.
+    """
     if load_weights:  # a config that disagrees with the weights may describe a huge model: check first
         rules = list(rules)
-        check_keys(arrays, rules, source_name, ignored)  # another depth: keys missing or left over
+        if shapes is None:
+            shapes = {key: array.shape for key, array in arrays.items()}
+        check_keys(shapes, rules, source_name, ignored)  # another depth: keys missing or left over
         # Another width: a model much larger than the weights (already in memory) is refused unbuilt; one
         # of about their size costs no more to build, and `assign` then names the key that does not fit.
         expected = registry.count_parameters(config)
-        found = sum(int(np.prod(array.shape)) for key, array in arrays.items() if key not in ignored)
+        found = sum(int(np.prod(shape)) for key, shape in shapes.items() if key not in ignored)
         if expected > 2 * found:
             raise ValueError(
                 f"{source_name}: its config describes {expected:,} parameters (image tower width "
@@ -414,6 +453,8 @@ def _converted(config, arrays, rules, source_name, ignored, dtype, load_weights)
                 f"{config['text']['width']}, depth {config['text']['depth']}), its weights hold {found:,}. "
                 "Refused before building the model."
             )
+        if callable(arrays):
+            arrays = arrays()
     model = registry.build_model(config, dtype=dtype)
     if load_weights:
         assign(model, arrays, rules, source_name, ignored=ignored)
