@@ -482,9 +482,10 @@ def from_transformers(handle, config=None, dtype=None, load_weights=True):
                 f"{handle} has no model.safetensors (or index); only safetensors checkpoints are read, "
                 "never pickled pytorch_model.bin files."
             )
-    arrays = load_safetensors(paths)
-    return _converted(our_config, arrays, table.rules(our_config), f"transformers checkpoint {handle}",
-                      table.IGNORED_KEYS, dtype, load_weights)
+    # The headers first: a config that disagrees with the weights is refused before any array is read.
+    return _converted(our_config, lambda: load_safetensors(paths), table.rules(our_config),
+                      f"transformers checkpoint {handle}", table.IGNORED_KEYS, dtype, load_weights,
+                      shapes=safetensors_shapes(paths))
 
 
 def from_keras_hub(handle, dtype=None, load_weights=True):
