@@ -10,6 +10,7 @@ equal scores 0, never a lucky index order.
 import keras
 import numpy as np
 
+from keras_siglip.models.siglip.tower_model import TowerModel
 from keras_siglip.templates import DEFAULT_TEMPLATES
 
 
@@ -24,26 +25,6 @@ def _check_ks(ks):
     return ks
 
 
-class _Encoder(keras.Model):
-    """`model.encode_images` or `model.encode_texts` as a model of its own.
-
-    Encoding through its `predict` runs a compiled forward pass on every
-    backend (one `jit` per input shape on JAX, instead of one per op). The
-    SigLIP is an attribute, so its variables are this model's: `predict`
-    reads their current values, not the ones of the first trace.
-    """
-
-    def __init__(self, siglip, kind, **kwargs):
-        super().__init__(**kwargs)
-        self.siglip = siglip
-        self.kind = kind
-
-    def call(self, inputs):
-        if self.kind == "images":
-            return self.siglip.encode_images(inputs, training=False)
-        return self.siglip.encode_texts(inputs, training=False)
-
-
 # The encoders of the models evaluated last (their compiled functions are reused
 # call after call); a few models at most are kept alive by this cache.
 _cached = []
@@ -54,7 +35,10 @@ def _encoder(model, kind):
     for cached_model, encoders in _cached:
         if cached_model is model:
             return encoders[kind]
-    encoders = {k: _Encoder(model, k, name=f"{k}_encoder") for k in ("images", "texts")}
+    # Encoding through a TowerModel's `predict` runs a compiled forward pass on
+    # every backend (one `jit` per input shape on JAX, not one per op), and reads
+    # the SigLIP's current weights, not those of the first trace.
+    encoders = {"images": TowerModel(model, "image"), "texts": TowerModel(model, "text")}
     _cached.insert(0, (model, encoders))
     del _cached[_CACHE_SIZE:]
     return encoders[kind]
