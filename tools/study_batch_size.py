@@ -161,6 +161,7 @@ class Study:
             print(f"  image tower pretrained: cell accuracy {history.history['accuracy'][-1]:.3f} train, "
                   f"{accuracy:.3f} test", flush=True)
             self.image_tower = tower
+            self.image_tower_weights = tower.get_weights()
             embed = keras.Model(images, tower(images))
             self.train_embeddings = np.asarray(embed.predict(self.data["train"].images, batch_size=256, verbose=0))
         return self.image_tower
@@ -200,7 +201,8 @@ class Study:
         weights = fresh.get_weights()
         model.set_weights(weights)
         if locked:
-            model.image_encoder.set_weights(self.pretrained_image_tower().get_weights())
+            self.pretrained_image_tower()
+            model.image_encoder.set_weights(self.image_tower_weights)
         for variable in model.optimizer.variables:
             variable.assign(np.zeros(variable.shape, variable.dtype))
         transform = None
