@@ -195,3 +195,93 @@ def test_a_torch_forward_pass_copies_nothing_to_the_host(monkeypatch):
     model.compute_loss(data, y_pred=outputs)
     monkeypatch.undo()
     assert outputs["image_embeddings"].shape == (4, 32)
+
+
+# -- every input problem is a ValueError that names it, and the model is as before ------------------------
+
+GROUPED = 1 if BACKEND == "torch" else 2  # steps_per_execution > 1 exists on JAX and TensorFlow only
+
+
+def trained_model(steps_per_execution=GROUPED):
+    model = tiny_siglip()
+    model.compile(steps_per_execution=steps_per_execution)
+    model.fit(random_pairs(8), batch_size=4, verbose=0)
+    return model
+
+
+def tf_dataset_of(batches, images_shape=(None, 16, 16, 3), ids_shape=(None, 8)):
+    tf = pytest.importorskip("tensorflow")
+    return tf.data.Dataset.from_generator(lambda: iter(batches), output_signature={
+        "images": tf.TensorSpec(images_shape, tf.float32), "token_ids": tf.TensorSpec(ids_shape, tf.int32)})
+
+
+def test_int64_token_ids_past_2_to_the_32_are_refused_everywhere():
+    model = trained_model()
+    before = state_of(model)
+    data = random_pairs(4)
+    data["token_ids"] = data["token_ids"].astype("int64")
+    data["token_ids"][0, 0] = 2**32 + 58  # an int32 gather would read id 58
+    for run in (lambda: model(data), lambda: model.train_on_batch(data), lambda: model.predict(data, verbose=0),
+                lambda: model.fit(data, batch_size=4, verbose=0)):
+        with pytest.raises(ValueError, match=r"found 1 outside, e\.g\. \[4294967354\]"):
+            run()
+    assert_same_state(before, state_of(model))
+
+
+@pytest.mark.parametrize("source", ["call", "train_on_batch", "arrays", "tf.data", "generator"])
+def test_non_finite_pixels_are_refused_on_every_path(source):
+    model = trained_model()
+    before = state_of(model)
+    data = random_pairs(8)
+    data["images"][5, 1, 2, 0] = np.inf
+    run = {
+        "call": lambda: model(data),
+        "train_on_batch": lambda: model.train_on_batch(data),
+        "arrays": lambda: model.fit(data, batch_size=4, verbose=0),
+        "tf.data": lambda: model.fit(as_tf_dataset(data, 4), verbose=0),
+        "generator": lambda: model.fit(as_generator(data, 4), verbose=0),
+    }[source]
+    with pytest.raises(ValueError, match="images hold (1 )?NaN or infinite values"):
+        run()
+    after = state_of(model)
+    if source in ("call", "train_on_batch", "arrays") or steps(model, after) == steps(model, before):
+        assert_same_state(before, after)
+    assert steps(model, after) <= steps(model, before) + 1  # a stream may have trained on its good first batch
+
+
+def test_empty_batches_empty_captions_and_empty_data_are_refused_and_change_nothing():
+    model = trained_model()
+    before = state_of(model)
+    no_tokens = random_pairs(4)
+    no_tokens["token_ids"] = no_tokens["token_ids"][:, :0]
+    no_pairs = {key: value[:0] for key, value in random_pairs(4).items()}
+    for run, problem in [
+        (lambda: model.fit(no_tokens, batch_size=4, verbose=0), r"shape \(4, 0\) hold no tokens"),
+        (lambda: model.predict(no_tokens, verbose=0), r"shape \(4, 0\) hold no tokens"),
+        (lambda: model.train_on_batch(no_pairs), r"empty batch \(0 pairs\)"),
+        (lambda: model.fit(no_pairs, batch_size=4, verbose=0), r"empty batch \(0 pairs\)"),
+        (lambda: model.predict(no_pairs, verbose=0), r"empty batch \(0 pairs\)"),
+        (lambda: model.fit(tf_dataset_of([]), verbose=0), "gave no batches"),
+        (lambda: model.fit(iter([]), verbose=0), "gave no batches|empty"),
+    ]:
+        with pytest.raises(ValueError, match=problem):
+            run()
+        assert_same_state(before, state_of(model))
+    assert np.isfinite(model.fit(random_pairs(8, seed=3), batch_size=4, verbose=0).history["loss"][-1])
+
+
+def test_captions_longer_than_the_text_tower_are_refused_from_a_tf_dataset_of_unknown_length():
+    model = trained_model()
+    before = state_of(model)
+    long = random_pairs(4, sequence_length=12)
+    with pytest.raises(ValueError, match=r"takes at most 8 tokens; got token ids of shape \(4, 12\)"):
+        model.fit(tf_dataset_of([long], ids_shape=(None, None)), verbose=0)
+    assert_same_state(before, state_of(model))
+
+
+def test_a_tf_dataset_of_unknown_height_and_width_trains():
+    model = trained_model()
+    history = model.fit(tf_dataset_of([random_pairs(4), random_pairs(4, seed=1)], images_shape=(None, None, None, 3)),
+                        verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+    assert steps(model, state_of(model)) == 4

@@ -63,6 +63,8 @@ class BatchChecker:
         lengths = {key: n for key, n in lengths.items() if n is not None}
         if len(set(lengths.values())) > 1:
             raise ValueError(f"SigLIP needs one caption per image; got arrays of different lengths {lengths}.")
+        if 0 in lengths.values():
+            raise ValueError(f"SigLIP got an empty batch (0 pairs): {lengths}.")
         if "token_ids" in x:
             self._check_token_ids(_to_numpy(x["token_ids"]))
         for key in self.image_keys:
@@ -203,6 +205,48 @@ class BatchChecker:
                 return tf.nest.map_structure(tf.identity, data)
 
         return dataset.map(assert_valid)
+
+
+def state_values(model):
+    """The current value of every variable of `model`, its optimizer and metrics (references, not copies)."""
+    return [(variable, variable.value) for variable in _state_variables(model)]
+
+
+def restore_state(model, saved):
+    """After a failed `fit` / `evaluate` / `predict` on JAX: every variable readable again, as before the call.
+
+    Keras's JAX loops move the state out of the variables while they run
+    (the variables hold None) and keep the newest state aside; a failure
+    inside a step loses both unless put back: the newest state from
+    `jax_state_sync`, and where a variable is still empty or its buffer was
+    consumed by a step that failed, its value from before the call.
+    """
+    model.jax_state_sync()
+    for variable, value in saved:
+        if _unreadable(variable) and not _is_deleted(value):
+            variable.assign(value)
+    unreadable = [variable.path for variable in _state_variables(model) if _unreadable(variable)]
+    if unreadable:
+        raise RuntimeError(f"{len(unreadable)} variables could not be restored, e.g. {unreadable[:3]}")
+
+
+def _state_variables(model):
+    optimizer = getattr(model, "optimizer", None)
+    return list(model.variables) + (list(optimizer.variables) if optimizer is not None else []) + list(
+        model.metrics_variables
+    )
+
+
+def _is_deleted(value):
+    return value is None or bool(getattr(value, "is_deleted", lambda: False)())
+
+
+def _unreadable(variable):
+    try:
+        value = variable.value  # an emptied variable raises here
+    except TypeError:
+        return True
+    return _is_deleted(value)
 
 
 def error_from_tensorflow(error):

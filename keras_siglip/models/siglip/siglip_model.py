@@ -12,7 +12,7 @@ from keras_siglip import backend
 from keras_siglip.models.siglip.towers import ImageEncoder, TextEncoder
 from keras_siglip.models.siglip.layers.encoder_block import compile_encoder_blocks
 from keras_siglip.losses import SigmoidLoss
-from keras_siglip.models.siglip.input_checks import BatchChecker, error_from_tensorflow
+from keras_siglip.models.siglip.input_checks import BatchChecker, error_from_tensorflow, restore_state, state_values
 from keras_siglip.models.siglip.micro_batches import check_micro_batch_size, encode_in_micro_batches, first_batch_size
 from keras_siglip.optimizers import MultipliedLearningRateAdamW
 
@@ -187,6 +187,14 @@ class SigLIP(keras.Model):
             )
         return tower(inputs, training=tower_training)
 
+    def __call__(self, inputs, *args, **kwargs):
+        # NumPy values are checked while still NumPy: Keras converts them to
+        # the backend's tensors first, and JAX's int32 would wrap an int64 id
+        # of 2**32 + 58 to 58.
+        if isinstance(inputs, dict):
+            self.batch_checker.check({key: value for key, value in inputs.items() if isinstance(value, np.ndarray)})
+        return super().__call__(inputs, *args, **kwargs)
+
     def call(self, inputs, training=None):
         images, token_ids = self.validate_inputs(inputs)
         if "image_embeddings" in inputs:  # precomputed by the locked tower
@@ -224,8 +232,12 @@ class SigLIP(keras.Model):
         else:
             images = self.image_encoder.validate_inputs(inputs["images"])
         token_ids = self.text_encoder.validate_inputs(inputs["token_ids"])
+        if token_ids.shape[1] == 0:
+            raise ValueError(f"token ids of shape {tuple(token_ids.shape)} hold no tokens; a caption needs at least one.")
         first_image_input = next(iter(images.values())) if isinstance(images, dict) else images
         image_batch, text_batch = first_image_input.shape[0], token_ids.shape[0]
+        if 0 in (image_batch, text_batch):
+            raise ValueError("SigLIP got an empty batch (0 pairs); the loss compares the pairs of a batch.")
         if None not in (image_batch, text_batch) and image_batch != text_batch:
             raise ValueError(
                 "SigLIP needs one caption per image: got a batch of "
@@ -508,15 +520,13 @@ class SigLIP(keras.Model):
     @contextlib.contextmanager
     def _bad_batches_refused(self):
         """Turns our checks' TensorFlow errors into `ValueError`; keeps a JAX model's state readable."""
+        saved = state_values(self) if backend.BACKEND == "jax" else None
         try:
             yield
         except Exception as error:
             if backend.BACKEND == "jax":
-                # Keras's JAX loops keep the newest state outside the variables
-                # until the loop ends; an exception would leave them pointing at
-                # buffers the compiled step has consumed.
                 try:
-                    self.jax_state_sync()
+                    restore_state(self, saved)
                 except Exception as sync_error:
                     error.add_note(f"Restoring the model's state after this error failed too: {sync_error!r}")
             if self._traced_batch_size and backend.is_batch_size_error(error):
@@ -524,6 +534,8 @@ class SigLIP(keras.Model):
                     "With micro_batch_size on the TensorFlow backend, every batch of a PyDataset or generator "
                     f"must have as many pairs as the first ({self._traced_batch_size}); a later batch differs."
                 ) from None
+            if isinstance(error, UnboundLocalError) and "logs" in str(error):  # Keras's loops, given no batch
+                raise ValueError("The data gave no batches (an empty dataset or generator?).") from None
             converted = error_from_tensorflow(error)  # a tf.data pipeline runs on every backend
             if converted is not None:
                 raise converted from None
