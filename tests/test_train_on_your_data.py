@@ -160,3 +160,30 @@ def test_sigkill_mid_stream_then_rerun_continues_the_stream_and_matches(data, tm
     assert resumed.keys() == uninterrupted.keys() and len(resumed) > 20
     for name, value in uninterrupted.items():
         np.testing.assert_array_equal(resumed[name], value, err_msg=name)
+
+
+STREAM_DIGEST = r"""
+import hashlib, sys
+from keras_siglip import SigLIPImagePreprocessor, SigLIPTokenizer
+from keras_siglip.data import EMBEDDED_VOCABULARY, read_tar_shards
+tokenizer = SigLIPTokenizer(str(EMBEDDED_VOCABULARY), sequence_length=12)
+preprocessor = SigLIPImagePreprocessor(8, random_resized_crop=True, horizontal_flip=True)
+dataset = read_tar_shards(sys.argv[1], tokenizer, preprocessor, 8, seed=0, repeat=True)
+digest = hashlib.sha256()
+for batch in dataset.take(8):
+    digest.update(batch["images"].numpy().tobytes())
+    digest.update(batch["token_ids"].numpy().tobytes())
+print(digest.hexdigest())
+"""
+
+
+@pytest.mark.backend_independent
+def test_the_seeded_stream_is_the_same_on_every_backend(data):
+    digests = {}
+    for backend in ("jax", "tensorflow", "torch"):
+        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+        result = subprocess.run([sys.executable, "-c", STREAM_DIGEST, str(data / "{00000..00003}.tar")], env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        digests[backend] = result.stdout.split()[-1]
+    assert len(set(digests.values())) == 1, digests
