@@ -329,3 +329,40 @@ def test_save_to_preset_keeps_the_naflex_preprocessor(checkpoint, tmp_path):
     inputs = preprocessor(raw_images())
     np.testing.assert_allclose(*(keras.ops.convert_to_numpy(m.encode_images(inputs)) for m in (model, loaded)),
                                atol=1e-6)
+
+
+def test_export_with_the_siglip2_tokenizer_loads_as_a_siglip2_processor(tmp_path):
+    """The exported folder is a whole transformers SigLIP 2: Siglip2Processor tokenises and preprocesses
+    as ours, and Siglip2Model embeds what our model embeds."""
+    from gemma_vocabulary import HARD_TEXTS, write_gemma_spm
+
+    from keras_siglip import SigLIP2Tokenizer
+
+    spm = write_gemma_spm(str(tmp_path / "gemma.model"))
+    tokenizer = SigLIP2Tokenizer(spm, sequence_length=LENGTH)
+    model = SigLIP(
+        keras_siglip.NaFlexImageEncoder(PATCH, 24, 2, 3, 40, position_grid_size=GRID),
+        keras_siglip.TextEncoder(vocabulary_size=tokenizer.vocabulary_size(), sequence_length=LENGTH,
+                                 width=24, depth=2, num_heads=3, mlp_dim=40, output_dim=24),
+    )
+    preprocessor = NaFlexImagePreprocessor(PATCH, MAX_PATCHES)
+    target = str(tmp_path / "exported")
+    keras_siglip.export(model, target, format="transformers", tokenizer=tokenizer, image_converter=preprocessor)
+    processor = transformers.Siglip2Processor.from_pretrained(target)
+    texts = HARD_TEXTS[:len(SIZES)]
+    # The processor's parts, called one by one: Siglip2Processor's call would impose its default
+    # patch size and patch budget (16, 256) on the image processor it loaded.
+    theirs_inputs = {
+        **processor.tokenizer(texts, padding="max_length", max_length=LENGTH, truncation=True,
+                              return_tensors="pt"),
+        **processor.image_processor(images=raw_images(), return_tensors="pt"),
+    }
+    ours_ids = keras.ops.convert_to_numpy(tokenizer(texts))
+    np.testing.assert_array_equal(theirs_inputs["input_ids"].numpy(), ours_ids)
+    with _no_weight_warnings():
+        exported = transformers.Siglip2Model.from_pretrained(target).eval()
+    with torch.no_grad():
+        out = exported(**{k: v for k, v in theirs_inputs.items() if k != "attention_mask"})
+    ours = as_numpy(model({**preprocessor(raw_images()), "token_ids": ours_ids}))
+    np.testing.assert_allclose(ours[0], out.image_embeds.numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ours[1], out.text_embeds.numpy(), atol=1e-5, rtol=0)

@@ -72,7 +72,12 @@ def export(model, path, format="transformers", tokenizer=None, image_converter=N
     if export_naflex.is_naflex_model(model):  # SigLIP 2 NaFlex: transformers' Siglip2Model only
         if format != "transformers":
             raise ValueError(f"A NaFlex model exports to 'transformers' (Siglip2Model) only; got {format!r}.")
-        return export_naflex.to_transformers(model, path, tokenizer, image_converter, progress)
+        if tokenizer is not None:
+            _check_tokenizer(tokenizer, export_naflex.naflex_model_config(model))
+        _ensure_folder(path, format)
+        with atomic.replaced_folder(path) as partial:
+            export_naflex.to_transformers(model, partial, tokenizer, image_converter, progress)
+        return path
     config = model_config(model)
     if tokenizer is not None:
         _check_tokenizer(tokenizer, config)
@@ -136,7 +141,7 @@ def _to_transformers(model, config, path, tokenizer, image_converter, progress):
     with open(os.path.join(path, "config.json"), "w") as file:
         json.dump(hf_config, file, indent=2)
     if tokenizer is not None:
-        _write_hf_tokenizer(tokenizer, path)
+        write_hf_tokenizer(tokenizer, path)
     if tokenizer is not None or image_converter is not None:
         _write_hf_image_processor(image_converter, config, path)
 
@@ -183,7 +188,7 @@ def _write_hf_siglip2_tokenizer(tokenizer, path):
     hf_tokenizer.save_pretrained(path)
 
 
-def _write_hf_tokenizer(tokenizer, path):
+def write_hf_tokenizer(tokenizer, path):
     import transformers
 
     if _is_siglip2(tokenizer):

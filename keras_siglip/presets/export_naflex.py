@@ -2,9 +2,10 @@
 
 `export(model, path, format="transformers")` comes here for NaFlex models:
 the folder holds `config.json` (`model_type: siglip2`), `model.safetensors`
-(`hf_siglip2_format.rules` run backwards) and `preprocessor_config.json` for
+(`hf_siglip2_format.rules` run backwards), `preprocessor_config.json` for
 transformers' `Siglip2ImageProcessor` with the preprocessor's patch size and
-`max_num_patches`.
+`max_num_patches`, and with a tokenizer its files (`Siglip2Tokenizer` for a
+`SigLIP2Tokenizer`): `Siglip2Processor` loads the folder.
 """
 
 import json
@@ -43,17 +44,15 @@ def to_transformers(model, path, tokenizer=None, image_converter=None, progress=
     Args:
         model: a `SigLIP` with a `NaFlexImageEncoder`.
         path: the folder to write.
-        tokenizer: must be None: the SigLIP 2 Gemma tokenizer is written by
-            its own export.
+        tokenizer: optional `SigLIP2Tokenizer` (or `SigLIPTokenizer`),
+            written as transformers' tokenizer files, so `Siglip2Processor`
+            loads the folder.
         image_converter: optional `NaFlexImagePreprocessor`; its
             `max_num_patches` goes to `preprocessor_config.json` (256 without one).
         progress: optional callable `progress(done, total)` per weight.
     """
     config = naflex_model_config(model)
     hf_siglip2_format.check_exportable(config)
-    if tokenizer is not None:
-        raise ValueError("Exporting a NaFlex model with a tokenizer is not supported here; export the weights "
-                         "and image processor, and save the SigLIP 2 tokenizer with transformers.")
     patch_size = config["image"]["patch_size"]
     max_num_patches = 256
     if image_converter is not None:
@@ -61,17 +60,22 @@ def to_transformers(model, path, tokenizer=None, image_converter=None, progress=
             raise ValueError(f"The image converter cuts {getattr(image_converter, 'patch_size', None)}-pixel "
                              f"patches; the image tower reads {patch_size}-pixel ones.")
         max_num_patches = image_converter.max_num_patches
-    if os.path.isfile(path):
-        raise ValueError(f"{path} is a file; a transformers export is a folder.")
-    os.makedirs(path, exist_ok=True)
     arrays = export_arrays(model, hf_siglip2_format.rules(config), "transformers' Siglip2Model", progress)
     if not config["text"]["output_dim"]:
         arrays.update(hf_format.identity_text_head(config))
     from safetensors.numpy import save_file
 
     save_file(arrays, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    hf_config = hf_siglip2_format.to_hf_config(config)
+    if tokenizer is not None:
+        hf_config["text_config"]["eos_token_id"] = int(tokenizer.eos_id)
+        hf_config["text_config"]["pad_token_id"] = int(tokenizer.padding_id)
     with open(os.path.join(path, "config.json"), "w") as file:
-        json.dump(hf_siglip2_format.to_hf_config(config), file, indent=2)
+        json.dump(hf_config, file, indent=2)
+    if tokenizer is not None:
+        from keras_siglip.presets.export import write_hf_tokenizer
+
+        write_hf_tokenizer(tokenizer, path)
     from keras_siglip.models.siglip.naflex_image_preprocessor import NaFlexImagePreprocessor
 
     (image_converter or NaFlexImagePreprocessor(patch_size, max_num_patches)).save_to_preset(path)
