@@ -108,7 +108,7 @@ SETTINGS = (
 
 def backup_callback(workdir):
     """The crash-recovery callback (weights, optimizer state and step, every epoch) writing `workdir/backup`."""
-    return keras.callbacks.BackupAndRestore(str(pathlib.Path(workdir) / "backup"), save_freq="epoch")
+    return AtomicBackupAndRestore(str(pathlib.Path(workdir) / "backup"))
 
 
 def write_atomically(path, text):
@@ -326,7 +326,7 @@ def run(config):
     prompts = next(iter(test.class_prompts.values()))
     retrieval_texts, relevance = test.retrieval_set()
     callbacks = [
-        AtomicBackupAndRestore(str(workdir / "backup")),
+        backup_callback(workdir),
         batches.epoch_callback(),
         StepLossLog(str(workdir / "loss.csv")),
     ]
