@@ -384,6 +384,7 @@ def plot(results):
         left.set(xscale="log", xlabel="batch size", ylabel="held-out test R@1 (%)",
                  title=f"{FLAGS.examples:,} examples seen per run, mean and 95% CI")
         left.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
+        left.minorticks_off()
         left.legend()
         styles = dict(zip(batch_sizes, ("-", "--", "-.", ":", (0, (1, 3)))))
         for b in batch_sizes:
