@@ -285,3 +285,16 @@ def test_a_tf_dataset_of_unknown_height_and_width_trains():
                         verbose=0)
     assert np.isfinite(history.history["loss"][-1])
     assert steps(model, state_of(model)) == 4
+
+
+def test_a_step_whose_loss_is_not_finite_is_skipped_counted_and_changes_nothing():
+    model = trained_model()
+    model.log_temperature.assign(1e30)  # exp(t') overflows: the loss and every gradient are not finite
+    before = state_of(model)
+    history = model.fit(random_pairs(8, seed=4), batch_size=4, verbose=0)
+    assert history.history["skipped_steps"] == [2.0]
+    assert_same_state(before, state_of(model))  # weights, optimizer slots and step count as they were
+    model.log_temperature.assign(np.log(10.0))
+    history = model.fit(random_pairs(8, seed=4), batch_size=4, verbose=0)
+    assert history.history["skipped_steps"] == [0.0] and np.isfinite(history.history["loss"][-1])
+    assert steps(model, state_of(model)) == steps(model, before) + 2

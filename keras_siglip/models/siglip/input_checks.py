@@ -66,7 +66,10 @@ class BatchChecker:
         if 0 in lengths.values():
             raise ValueError(f"SigLIP got an empty batch (0 pairs): {lengths}.")
         if "token_ids" in x:
-            self._check_token_ids(_to_numpy(x["token_ids"]))
+            ids = _to_numpy(x["token_ids"])
+            if ids.ndim == 2 and ids.shape[1] == 0:
+                raise ValueError(f"token ids of shape {ids.shape} hold no tokens; a caption needs at least one.")
+            self._check_token_ids(ids)
         for key in self.image_keys:
             if key in x:
                 self._check_finite(key, _to_numpy(x[key]))
@@ -205,6 +208,24 @@ class BatchChecker:
                 return tf.nest.map_structure(tf.identity, data)
 
         return dataset.map(assert_valid)
+
+
+class BatchCounter(keras.callbacks.Callback):
+    """Counts the epochs begun and batches trained in one `fit`, to refuse data that gave no batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs = self.batches = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs += 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+    def raise_if_no_batches(self):
+        if self.epochs and not self.batches:
+            raise ValueError("The data gave no batches (an empty dataset or generator?).")
 
 
 def state_values(model):

@@ -12,7 +12,8 @@ from keras_siglip import backend
 from keras_siglip.models.siglip.towers import ImageEncoder, TextEncoder
 from keras_siglip.models.siglip.layers.encoder_block import compile_encoder_blocks
 from keras_siglip.losses import SigmoidLoss
-from keras_siglip.models.siglip.input_checks import BatchChecker, error_from_tensorflow, restore_state, state_values
+from keras_siglip.models.siglip.input_checks import BatchChecker, BatchCounter, error_from_tensorflow, restore_state, state_values
+from keras_siglip.models.siglip import finite_steps
 from keras_siglip.models.siglip.micro_batches import check_micro_batch_size, encode_in_micro_batches, first_batch_size
 from keras_siglip.optimizers import MultipliedLearningRateAdamW
 
@@ -362,6 +363,8 @@ class SigLIP(keras.Model):
         compile_encoder_blocks(self, jit_compile=self.compiles_encoder_blocks)
         if self.compiles_encoder_blocks:
             kwargs["jit_compile"] = False
+        # fit's logs count the steps skipped for a loss or gradient that is not finite (finite_steps.py).
+        self.skipped_steps = keras.metrics.Sum(name="skipped_steps")
         # Keras's own loss container cannot route our dict; keeping it empty also
         # spares train_on_batch a symbolic rebuild per call.
         super().compile(optimizer=optimizer, loss=None, **kwargs)
@@ -467,9 +470,12 @@ class SigLIP(keras.Model):
             validation_data = (validation_checker.check(validation_data[0]),) + validation_data[1:]
         elif validation_data is not None:
             validation_data = validation_checker.checked(validation_data, on_refused=self._stop_at_refused_batch)
+        counter = BatchCounter()
+        kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [counter]
         with self._bad_batches_refused():
             history = super().fit(self._checked(x), *args, validation_data=validation_data, **kwargs)
         self._raise_if_refused()
+        counter.raise_if_no_batches()
         if getattr(validation_checker, "refused", None) is not None:
             raise validation_checker.refused
         return history
@@ -511,7 +517,14 @@ class SigLIP(keras.Model):
         # TensorFlow fetches a batch inside the step; this makes every update of
         # the step wait for the batch, so a batch that fails its check changes nothing.
         with backend.updates_wait_for(data, xla=self.jit_compile is True):
-            return super().train_step(*args[:-1], data)
+            if backend.BACKEND == "jax":
+                logs, state = super().train_step(*args[:-1], data)
+                state, skipped = finite_steps.keep_if_finite_jax(self, args[0], state, self.skipped_steps)
+                return dict(logs, skipped_steps=skipped), state
+            before = [ops.copy(v.value) for v in finite_steps.guarded_variables(self)]
+            logs = super().train_step(data)
+            finite_steps.keep_if_finite_in_place(self, before, self.skipped_steps)
+            return dict(logs, skipped_steps=self.skipped_steps.result())
 
     def test_step(self, *args):
         with backend.updates_wait_for(args[-1], xla=self.jit_compile is True):
