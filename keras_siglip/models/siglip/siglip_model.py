@@ -500,7 +500,11 @@ class SigLIP(keras.Model):
     def train_on_batch(self, x=None, *args, **kwargs):
         self._build_optimizer()
         with self._bad_batches_refused():
-            return super().train_on_batch(self.batch_checker.check(x), *args, **kwargs)
+            result = super().train_on_batch(self.batch_checker.check(x), *args, **kwargs)
+        if isinstance(result, list) and "skipped_steps" in self.metrics_names:  # as without the counter
+            del result[self.metrics_names.index("skipped_steps")]
+            result = result[0] if len(result) == 1 else result
+        return result
 
     def test_on_batch(self, x=None, *args, **kwargs):
         with self._bad_batches_refused():
@@ -610,20 +614,21 @@ class SigLIP(keras.Model):
         return TowerModel(self, tower)
 
     def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None, batch_size=None,
-               **kwargs):
+               num_patches=None, **kwargs):
         """`keras.Model.export` of the two-tower call, its input signature read from the towers.
 
         The artifact takes `{"images", "token_ids"}` and returns both
         embeddings; to serve one tower, export `tower_model("image")` or
         `tower_model("text")` (see `TowerModel.export` for the formats each
-        backend supports and `batch_size`).
+        backend supports, `batch_size` and a NaFlex tower's `num_patches`).
         """
         from keras_siglip.models.siglip.tower_model import TowerModel
 
         if input_signature is None:
             image, text = (TowerModel(self, tower) for tower in ("image", "text"))
             batch_size = image.static_batch_size(format, batch_size)
-            images = image.input_signature(batch_size)
+            image.check_patch_count(format, num_patches)
+            images = image.input_signature(batch_size, num_patches=num_patches)
             images = images if isinstance(images, dict) else {"images": images}
             input_signature = [{**images, "token_ids": text.input_signature(batch_size)}]
             if batch_size is None:
