@@ -144,3 +144,33 @@ def test_bad_tower_arguments_are_refused(model):
         model.tower_model("audio")
     with pytest.raises(ValueError, match="needs a SigLIP"):
         TowerModel(keras.Sequential([keras.layers.Dense(2)]), "image")
+
+
+def test_a_naflex_tower_exports_and_serves_mixed_image_sizes(tmp_path):
+    from keras_siglip import NaFlexImageEncoder, NaFlexImagePreprocessor, TextEncoder
+
+    model = SigLIP(NaFlexImageEncoder.from_variant("tiny", patch_size=4, position_grid_size=4),
+                   TextEncoder.from_variant("tiny", vocabulary_size=50, sequence_length=6))
+    preprocessor = NaFlexImagePreprocessor(patch_size=4, max_num_patches=16)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (20, 12, 3), dtype=np.uint8), rng.integers(0, 256, (9, 30, 3), dtype=np.uint8)]
+    x = {k: np.asarray(v) for k, v in preprocessor(images).items()}
+    expected = keras.ops.convert_to_numpy(model.encode_images(x))
+    tower_model = model.tower_model("image")
+    format = "torch" if BACKEND == "torch" else "tf_saved_model"
+    path = str(tmp_path / f"naflex{SUFFIX[format]}")
+    if BACKEND != "tensorflow":
+        with pytest.raises(ValueError, match="num_patches"):
+            tower_model.export(path, format=format, verbose=False)
+    tower_model.export(path, format=format, verbose=False, num_patches=16)
+    if format == "torch":
+        import torch
+
+        with torch.no_grad():
+            got = torch.export.load(path).module()({k: torch.from_numpy(v) for k, v in x.items()}).numpy()
+    else:
+        import tensorflow as tf
+
+        artifact = tf.saved_model.load(path)
+        got = np.asarray(artifact.serve(x))
+    np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -184,8 +184,9 @@ class NaFlexImageEncoder(_Encoder):
             raise ValueError(f"spatial_shapes must be (batch, 2) ints (h, w); got shape {shapes_shape}.")
         if "int" not in keras.backend.standardize_dtype(shapes.dtype):
             raise ValueError(f"spatial_shapes must be ints (patches per side); got dtype {shapes.dtype}.")
-        batches = {s[0] for s in (pixel_shape, mask_shape, shapes_shape) if s[0] is not None}
-        if len(batches) > 1:
+        # A list, not a set: traced batch sizes (torch.export's SymInts) are not hashable.
+        batches = [s[0] for s in (pixel_shape, mask_shape, shapes_shape) if s[0] is not None]
+        if any(batch != batches[0] for batch in batches[1:]):
             raise ValueError(
                 f"pixel_values {pixel_shape}, pixel_attention_mask {mask_shape} and spatial_shapes "
                 f"{shapes_shape} disagree on the batch size."
@@ -195,6 +196,23 @@ class NaFlexImageEncoder(_Encoder):
             if problem:
                 raise ValueError(problem + ".")
         return pixels, mask, shapes
+
+    def input_signature(self, batch_size=None, num_patches=None):
+        """The inputs as a dict of `keras.InputSpec`s, for `TowerModel.export`.
+
+        Args:
+            batch_size: int or None (any).
+            num_patches: int or None (any). N, the preprocessor's
+                `max_num_patches`; a SavedModel written on TensorFlow takes any
+                N, the other backends' exports need it fixed.
+        """
+        return {
+            "pixel_values": keras.InputSpec(
+                shape=(batch_size, num_patches, self.patch_embedding.patch_dim), dtype="float32"
+            ),
+            "pixel_attention_mask": keras.InputSpec(shape=(batch_size, num_patches), dtype="int32"),
+            "spatial_shapes": keras.InputSpec(shape=(batch_size, 2), dtype="int32"),
+        }
 
     def call(self, inputs, training=None):
         pixels, mask, shapes = self.validate_inputs(inputs)

@@ -59,23 +59,25 @@ class TowerModel(keras.Model):
             return self.siglip.encode_images(inputs, training=False)
         return self.siglip.encode_texts(inputs, training=False)
 
-    def input_signature(self, batch_size=None):
+    def input_signature(self, batch_size=None, num_patches=None):
         """The tower's inputs as a `keras.InputSpec` (or a dict of them), batch `batch_size` (None: any).
 
         Images are float32 `(batch, height, width, 3)` scaled to [-1, 1];
         token ids int32 `(batch, sequence_length)`. A tower with inputs of
-        another kind says so with an `input_signature(batch_size)` method of
-        its own.
+        another kind says so with an `input_signature` method of its own: a
+        NaFlex tower's dict, with `num_patches` patches (None: any).
         """
         tower = self.siglip.image_encoder if self.tower == "image" else self.siglip.text_encoder
         if hasattr(tower, "input_signature"):
-            return tower.input_signature(batch_size)
+            return tower.input_signature(batch_size, num_patches=num_patches)
+        if num_patches is not None:
+            raise ValueError(f"num_patches is for NaFlex image towers; this is a {type(tower).__name__}.")
         if self.tower == "image":
             return keras.InputSpec(shape=(batch_size, *tower.image_size, 3), dtype="float32")
         return keras.InputSpec(shape=(batch_size, tower.sequence_length), dtype="int32")
 
     def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None, batch_size=None,
-               **kwargs):
+               num_patches=None, **kwargs):
         """Exports the tower for serving with Keras's `Model.export`; the input signature is the tower's.
 
         Args:
@@ -92,6 +94,10 @@ class TowerModel(keras.Model):
                 for any batch size, except where the format cannot trace one on
                 this backend (ONNX and LiteRT on PyTorch), which then fixes it
                 to 1 and warns.
+            num_patches: int or None. For a NaFlex image tower: the patch count
+                N of its inputs (the preprocessor's `max_num_patches`). Only a
+                SavedModel written on TensorFlow takes any N; elsewhere it is
+                required.
             **kwargs: passed to `keras.Model.export`.
 
         Example:
@@ -106,11 +112,23 @@ class TowerModel(keras.Model):
         """
         if input_signature is None:
             batch_size = self.static_batch_size(format, batch_size)
-            input_signature = [self.input_signature(batch_size)]
+            self.check_patch_count(format, num_patches)
+            input_signature = [self.input_signature(batch_size, num_patches=num_patches)]
             if batch_size is None:
                 kwargs = {**backend.dynamic_batch_export_kwargs(format, input_signature), **kwargs}
         return super().export(filepath, format=format, verbose=verbose, input_signature=input_signature,
                               **kwargs)
+
+    def check_patch_count(self, format, num_patches):
+        """Raises `ValueError` where a NaFlex image tower's export needs `num_patches` and has none."""
+        takes_patches = self.tower == "image" and "pixel_values" in getattr(self.siglip.image_encoder,
+                                                                            "input_keys", ())
+        any_patch_count = keras.backend.backend() == "tensorflow" and format == "tf_saved_model"
+        if takes_patches and num_patches is None and not any_patch_count:
+            raise ValueError(
+                f"Exporting a NaFlex image tower as {format!r} on the {keras.backend.backend()} backend needs a "
+                "fixed patch count: pass num_patches= (the preprocessor's max_num_patches)."
+            )
 
     @staticmethod
     def static_batch_size(format, batch_size):
