@@ -84,7 +84,7 @@ def convert_and_check(source, target, format, tolerance=1e-5, text_pool_type="la
     model, tokenizer, image_converter = load_source(source, text_pool_type)
     print(f"Read {source}: {model.count_params():,} parameters.")
     _write(model, target, format, tokenizer, image_converter, progress)
-    images, token_ids = random_inputs(model, batch_size, seed)
+    images, token_ids = random_inputs(model, batch_size, seed, image_converter)
     expected = our_outputs(model, images, token_ids)
     written, reader = written_outputs(model, target, format, images, token_ids)
     print(f"Read back {target} with {reader}.")
@@ -139,11 +139,24 @@ class _ProgressBar:
         self.bar.update(done)
 
 
-def random_inputs(model, batch_size, seed):
-    """Random images in [-1, 1] and token ids inside the vocabulary, sized for `model`."""
+def random_inputs(model, batch_size, seed, image_converter=None):
+    """Random images and token ids inside the vocabulary, sized for `model`.
+
+    Images are `(B, S, S, 3)` in [-1, 1]; for a NaFlex tower, random uint8
+    images of other sizes and aspect ratios run through its preprocessor
+    (`image_converter`, or one of 256 patches), giving its dict of inputs.
+    """
     rng = np.random.default_rng(seed)
-    size = model.image_encoder.image_size[0]
-    images = rng.uniform(-1, 1, (batch_size, size, size, 3)).astype("float32")
+    if "pixel_values" in getattr(model.image_encoder, "input_keys", ()):
+        from keras_siglip.models.siglip.naflex_image_preprocessor import NaFlexImagePreprocessor
+
+        preprocessor = image_converter or NaFlexImagePreprocessor(model.image_encoder.patch_size, 256)
+        sizes = [(int(rng.integers(16, 400)), int(rng.integers(16, 400))) for _ in range(batch_size)]
+        images = {key: np.asarray(value) for key, value in preprocessor(
+            [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]).items()}
+    else:
+        size = model.image_encoder.image_size[0]
+        images = rng.uniform(-1, 1, (batch_size, size, size, 3)).astype("float32")
     token_ids = rng.integers(0, model.text_encoder.vocabulary_size,
                              (batch_size, model.text_encoder.sequence_length)).astype("int32")
     return images, token_ids
@@ -157,7 +170,7 @@ def our_outputs(model, images, token_ids):
     """`(image embeddings, text embeddings, [t', b])` of a keras_siglip model."""
     import keras
 
-    out = model({"images": images, "token_ids": token_ids})
+    out = model({**(images if isinstance(images, dict) else {"images": images}), "token_ids": token_ids})
     scalars = _scalars(keras.ops.convert_to_numpy(model.log_temperature), keras.ops.convert_to_numpy(model.bias))
     return keras.ops.convert_to_numpy(out["image_embeddings"]), keras.ops.convert_to_numpy(out["text_embeddings"]), scalars
 
@@ -167,6 +180,8 @@ def written_outputs(model, target, format, images, token_ids):
     import importlib.util
 
     if format == "transformers" and all(importlib.util.find_spec(m) for m in ("torch", "transformers")):
+        if isinstance(images, dict):
+            return _transformers_outputs(target, images, token_ids), "transformers' Siglip2Model"
         return _transformers_outputs(target, images, token_ids), "transformers' SiglipModel"
     if format == "keras_hub":
         return _keras_hub_outputs(target, images, token_ids), "keras-hub's SigLIPBackbone"
@@ -187,7 +202,9 @@ def _transformers_outputs(folder, images, token_ids):
     import torch
     import transformers
 
-    model, info = transformers.SiglipModel.from_pretrained(folder, output_loading_info=True)
+    naflex = isinstance(images, dict)  # a NaFlex tower's inputs: transformers' Siglip2Model
+    model_class = transformers.Siglip2Model if naflex else transformers.SiglipModel
+    model, info = model_class.from_pretrained(folder, output_loading_info=True)
     problems = {key: sorted(value) for key, value in info.items() if value}
     if problems:
         from keras_siglip.presets.conversion_check import ConversionMismatch
@@ -195,8 +212,11 @@ def _transformers_outputs(folder, images, token_ids):
         raise ConversionMismatch(f"transformers reports problems loading {folder}: {problems}")
     model.eval()
     with torch.no_grad():
-        out = model(input_ids=torch.from_numpy(token_ids).long(),
-                    pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2).copy()))
+        if naflex:
+            pixels = {key: torch.from_numpy(value) for key, value in images.items()}
+        else:
+            pixels = {"pixel_values": torch.from_numpy(images.transpose(0, 3, 1, 2).copy())}
+        out = model(input_ids=torch.from_numpy(token_ids).long(), **pixels)
     return (out.image_embeds.numpy(), out.text_embeds.numpy(),
             _scalars(model.logit_scale.detach().numpy(), model.logit_bias.detach().numpy()))
 

@@ -366,3 +366,11 @@ def test_export_with_the_siglip2_tokenizer_loads_as_a_siglip2_processor(tmp_path
     ours = as_numpy(model({**preprocessor(raw_images()), "token_ids": ours_ids}))
     np.testing.assert_allclose(ours[0], out.image_embeds.numpy(), atol=1e-5, rtol=0)
     np.testing.assert_allclose(ours[1], out.text_embeds.numpy(), atol=1e-5, rtol=0)
+
+
+def test_the_convert_tool_checks_a_naflex_export_with_transformers(checkpoint, tmp_path):
+    from keras_siglip.convert import convert_and_check
+
+    errors = convert_and_check(checkpoint[0], str(tmp_path / "converted"), "transformers", progress="never")
+    assert set(errors) == {"image embeddings", "text embeddings", "log temperature and bias"}
+    assert max(largest for largest, _ in errors.values()) < 1e-5
