@@ -374,3 +374,24 @@ def test_the_convert_tool_checks_a_naflex_export_with_transformers(checkpoint, t
     errors = convert_and_check(checkpoint[0], str(tmp_path / "converted"), "transformers", progress="never")
     assert set(errors) == {"image embeddings", "text embeddings", "log temperature and bias"}
     assert max(largest for largest, _ in errors.values()) < 1e-5
+
+
+def test_export_to_big_vision_writes_the_npz_big_vision_holds(checkpoint, tmp_path):
+    """The exported .npz has the keys and arrays of one written with transformers' big_vision key map."""
+    folder, reference = checkpoint
+    expected = np.load(big_vision_npz(reference, str(tmp_path / "reference.npz")))
+    model = SigLIP.from_preset(folder)
+    keras_siglip.export(model, str(tmp_path / "exported.npz"), format="big_vision")
+    exported = np.load(str(tmp_path / "exported.npz"))
+    assert sorted(exported.files) == sorted(expected.files)
+    for key in expected.files:
+        np.testing.assert_allclose(exported[key], expected[key], atol=1e-6, rtol=0, err_msg=key)
+    reloaded = SigLIP.from_preset(str(tmp_path / "exported.npz"))
+    x = {**NaFlexImagePreprocessor(PATCH, MAX_PATCHES)(raw_images()), "token_ids": token_ids()}
+    for ours, back in zip(as_numpy(model(x)), as_numpy(reloaded(x))):
+        np.testing.assert_array_equal(ours, back)
+
+
+def test_a_naflex_model_is_refused_by_keras_hub_export(checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="keras-hub has no NaFlex"):
+        keras_siglip.export(SigLIP.from_preset(checkpoint[0]), str(tmp_path / "kh"), format="keras_hub")

@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 
 from keras_siglip import atomic
-from keras_siglip.presets import big_vision_format, hf_format, keras_hub_format
+from keras_siglip.presets import big_vision_format, big_vision_naflex_format, hf_format, keras_hub_format
 from keras_siglip.presets.checkpoint import export_arrays, model_config
 
 FORMATS = ("transformers", "keras_hub", "big_vision")
@@ -70,10 +70,17 @@ def export(model, path, format="transformers", tokenizer=None, image_converter=N
     from keras_siglip.presets import export_naflex
 
     if export_naflex.is_naflex_model(model):  # SigLIP 2 NaFlex: transformers' Siglip2Model only
-        if format != "transformers":
-            raise ValueError(f"A NaFlex model exports to 'transformers' (Siglip2Model) only; got {format!r}.")
+        if format == "keras_hub":
+            raise ValueError("keras-hub has no NaFlex image tower: export a NaFlex model to 'transformers' "
+                             "(Siglip2Model) or 'big_vision'.")
+        naflex_config = export_naflex.naflex_model_config(model)
         if tokenizer is not None:
-            _check_tokenizer(tokenizer, export_naflex.naflex_model_config(model))
+            _check_tokenizer(tokenizer, naflex_config)
+        if format == "big_vision":
+            naflex_config["image"]["position_embedding"] = "learned"  # the resized grid is a learned weight
+            _to_big_vision(model, naflex_config, path, tokenizer, image_converter, progress,
+                           rules=big_vision_naflex_format.rules(naflex_config))
+            return path
         _ensure_folder(path, format)
         with atomic.replaced_folder(path) as partial:
             export_naflex.to_transformers(model, partial, tokenizer, image_converter, progress)
@@ -290,7 +297,7 @@ def _to_keras_hub(model, config, path, tokenizer, image_converter, progress):
 # -- big_vision ---------------------------------------------------------------
 
 
-def _to_big_vision(model, config, path, tokenizer, image_converter, progress):
+def _to_big_vision(model, config, path, tokenizer, image_converter, progress, rules=None):
     big_vision_format.check_exportable(config)
     if not path.endswith(".npz"):
         raise ValueError(f"A big_vision export is one .npz file; got {path!r}.")
@@ -299,7 +306,8 @@ def _to_big_vision(model, config, path, tokenizer, image_converter, progress):
             "big_vision keeps image preprocessing in its config (e.g. 'resize(224)|value_range(-1, 1)'), "
             "not in the checkpoint: export without image_converter."
         )
-    arrays = export_arrays(model, big_vision_format.rules(config), "big_vision's two_towers", progress)
+    rules = rules or big_vision_format.rules(config)
+    arrays = export_arrays(model, rules, "big_vision's two_towers", progress)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     with atomic.replaced_file(path) as partial, open(partial, "wb") as file:
