@@ -109,6 +109,9 @@ _MODULE_OF = {"tensorflow-text": "tensorflow_text", "keras-hub": "keras_hub", "a
 _NOT_IMPORTED = {
     "tensorboard": "the `tensorboard` command reads the main job's logs (README)",
     "huggingface-hub": "keras-hub's get_file downloads hf:// handles with it",
+    "onnx": "keras.Model.export(format='onnx') writes the model with it (TowerModel.export)",
+    "onnxscript": "torch's ONNX exporter, which Keras calls on the PyTorch backend, needs it",
+    "tf2onnx": "keras.Model.export(format='onnx') converts with it on TensorFlow",
 }
 
 

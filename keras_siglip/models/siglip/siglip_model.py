@@ -192,8 +192,11 @@ class SigLIP(keras.Model):
         # NumPy values are checked while still NumPy: Keras converts them to
         # the backend's tensors first, and JAX's int32 would wrap an int64 id
         # of 2**32 + 58 to 58.
-        if isinstance(inputs, dict):
-            self.batch_checker.check({key: value for key, value in inputs.items() if isinstance(value, np.ndarray)})
+        arrays = {key: value for key, value in inputs.items() if isinstance(value, np.ndarray)} \
+            if isinstance(inputs, dict) else {}
+        if arrays:
+            self.validate_inputs(inputs)  # shapes and dtypes first: their errors name the tower and the shape
+            self.batch_checker.check(arrays)
         return super().__call__(inputs, *args, **kwargs)
 
     def call(self, inputs, training=None):
