@@ -487,7 +487,7 @@ class SigLIP(keras.Model):
         with self._bad_batches_refused():
             results = super().evaluate(self._checked(x), *args, **kwargs)
         self._raise_if_refused()
-        return results
+        return self._without_skipped_steps(results)
 
     def predict(self, x, *args, **kwargs):
         with self._bad_batches_refused():
@@ -504,14 +504,20 @@ class SigLIP(keras.Model):
         self._build_optimizer()
         with self._bad_batches_refused():
             result = super().train_on_batch(self.batch_checker.check(x), *args, **kwargs)
-        if isinstance(result, list) and "skipped_steps" in self.metrics_names:  # as without the counter
+        return self._without_skipped_steps(result)
+
+    def _without_skipped_steps(self, result):
+        # The counter of skipped training steps is no result of its own: a list
+        # result comes back as it would without it (the loss alone, as a float).
+        if isinstance(result, list) and "skipped_steps" in self.metrics_names:
+            result = list(result)
             del result[self.metrics_names.index("skipped_steps")]
             result = result[0] if len(result) == 1 else result
         return result
 
     def test_on_batch(self, x=None, *args, **kwargs):
         with self._bad_batches_refused():
-            return super().test_on_batch(self.batch_checker.check(x), *args, **kwargs)
+            return self._without_skipped_steps(super().test_on_batch(self.batch_checker.check(x), *args, **kwargs))
 
     def predict_on_batch(self, x):
         with self._bad_batches_refused():
