@@ -36,7 +36,9 @@ def validate_images(images, image_size, name):
     expected = f"(batch, {image_size[0]}, {image_size[1]}, 3)"
     if len(shape) != 4:
         raise ValueError(f"{name} expects images of shape {expected}; got rank {len(shape)} with shape {shape}.")
-    if tuple(shape[1:]) != (*image_size, 3):
+    # A dimension unknown when tracing (a tf.data pipeline that left height and
+    # width unset) cannot be checked here; only known dimensions are.
+    if any(got is not None and got != want for got, want in zip(shape[1:], (*image_size, 3))):
         raise ValueError(f"{name} expects images of shape {expected}; got {shape}.")
     dtype = keras.backend.standardize_dtype(images.dtype)
     if "float" not in dtype:
