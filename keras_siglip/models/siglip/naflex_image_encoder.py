@@ -12,7 +12,7 @@ import numpy as np
 from keras import ops
 
 from keras_siglip.models.siglip.layers import MAPPooling, NaFlexPatchEmbedding
-from keras_siglip.models.siglip.towers import _Encoder, variant_config
+from keras_siglip.models.siglip.towers import _Encoder, check_image_pooling, variant_config
 
 INPUT_KEYS = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
 
@@ -132,11 +132,9 @@ class NaFlexImageEncoder(_Encoder):
     ):
         kwargs.setdefault("name", "image_encoder")
         super().__init__(width, depth, num_heads, mlp_dim, output_dim, layer_norm_epsilon, remat, **kwargs)
-        if pooling not in ("map", "gap"):
-            raise ValueError(f"pooling must be 'map' or 'gap', got {pooling!r}.")
         self.patch_size = patch_size
         self.position_grid_size = position_grid_size
-        self.pooling = pooling
+        self.pooling = check_image_pooling(pooling)
         self.build()
 
     @classmethod

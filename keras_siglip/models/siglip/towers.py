@@ -49,6 +49,13 @@ def validate_images(images, image_size, name):
     return images
 
 
+def check_image_pooling(pooling):
+    """`pooling` if an image tower can pool that way (`"map"` or `"gap"`); raises `ValueError` otherwise."""
+    if pooling not in ("map", "gap"):
+        raise ValueError(f"pooling must be 'map' or 'gap', got {pooling!r}.")
+    return pooling
+
+
 def _as_pair(size):
     return (size, size) if isinstance(size, int) else tuple(size)
 
@@ -178,11 +185,9 @@ class ImageEncoder(_Encoder):
     ):
         kwargs.setdefault("name", "image_encoder")
         super().__init__(width, depth, num_heads, mlp_dim, output_dim, layer_norm_epsilon, remat, **kwargs)
-        if pooling not in ("map", "gap"):
-            raise ValueError(f"pooling must be 'map' or 'gap', got {pooling!r}.")
         self.image_size = _as_pair(image_size)
         self.patch_size = patch_size
-        self.pooling = pooling
+        self.pooling = check_image_pooling(pooling)
         self.position_embedding = position_embedding
         self.build((None, *self.image_size, 3))
 
