@@ -486,6 +486,13 @@ def test_seeded_stream_repeats_without_deterministic_and_resumes_at_a_position(c
     for (a, b), (c, d) in zip(first, again):
         np.testing.assert_array_equal(a, c)
         np.testing.assert_array_equal(b, d)
+    # Each iterator of one endless dataset sees the same stream, however far another one read
+    # (as Keras's does after the one that checked the first batches, on JAX).
+    dataset = make(tokenizer, preprocessor, 5, seed=0, repeat=True, shuffle_buffer=6)
+    list(dataset.take(9))
+    for batch, (a, b) in zip(dataset.take(7), first):
+        np.testing.assert_array_equal(batch["images"].numpy(), a)
+        np.testing.assert_array_equal(batch["token_ids"].numpy(), b)
     ends = [positions.end_of(n, start=0) for n in range(7)]
     assert ends == [5 * (n + 1) for n in range(7)]  # no image skipped
     variable = tf.Variable(0, dtype=tf.int64)

@@ -130,17 +130,13 @@ def read_manifest(path, tokenizer, image_preprocessor, batch_size, *, image_root
     rows = _read_manifest_rows(path, image_column, caption_column, skipped)
     root = image_root if image_root is not None else os.path.dirname(os.path.abspath(path))
     paths = [p if os.path.isabs(p) else os.path.join(root, p) for p, _ in rows]
-    source = tf.data.Dataset.from_tensor_slices(
-        {"name": paths, "image": paths, "caption": [c for _, c in rows]}
-    )
+    captions = [c for _, c in rows]
     index, count = _shard(options.get("shard"))
-    source = source.shard(count, index) if count > 1 else source
-    if options.get("training", True) and len(paths) > 1:  # the rows are in memory: shuffle them all
-        source = source.shuffle(len(paths), seed=options.get("seed"), reshuffle_each_iteration=True)
-    if options.get("repeat"):
-        source = source.repeat()
+    paths, captions = paths[index::count], captions[index::count]
+    # The rows are in memory: each pass shuffles them all.
+    source = _reading_order({"name": paths, "image": paths, "caption": captions}, options)
     return make_pipeline(source, tokenizer, image_preprocessor, batch_size, image_is_path=True,
-                         **_without(options, "shard", "repeat"))
+                         **_stream_options(options))
 
 
 def _read_manifest_rows(path, image_column, caption_column, skipped):
@@ -264,7 +260,7 @@ def read_tar_shards(shards, tokenizer, image_preprocessor, batch_size, *, captio
         return tf.data.Dataset.from_generator(samples, args=(shard,), output_signature=spec)
 
     source = _interleave_files(files, open_shard, options)
-    return make_pipeline(source, tokenizer, image_preprocessor, batch_size, **_without(options, "shard", "repeat"))
+    return make_pipeline(source, tokenizer, image_preprocessor, batch_size, **_stream_options(options))
 
 
 class _DamagedTar(Exception):
@@ -366,7 +362,7 @@ def read_tfrecords(shards, tokenizer, image_preprocessor, batch_size, *, image_f
         return tf.data.Dataset.from_generator(samples, args=(file,), output_signature=spec)
 
     source = _interleave_files(files, open_file, options)
-    return make_pipeline(source, tokenizer, image_preprocessor, batch_size, **_without(options, "shard", "repeat"))
+    return make_pipeline(source, tokenizer, image_preprocessor, batch_size, **_stream_options(options))
 
 
 def _tfrecord_records(file, skipped):
@@ -464,11 +460,8 @@ def _interleave_files(files, open_file, options):
     by_file = count > 1 and len(files) >= count
     if by_file:
         files = files[index::count]
-    dataset = tf.data.Dataset.from_tensor_slices(files)
-    if options.get("training", True) and len(files) > 1:
-        dataset = dataset.shuffle(len(files), seed=options.get("seed"), reshuffle_each_iteration=True)
-    if options.get("repeat"):
-        dataset = dataset.repeat()  # before interleaving: the stream runs on across epochs, never drains
+    # Repeated before interleaving: the stream runs on across epochs, never drains.
+    dataset = _reading_order(files, options)
     dataset = dataset.interleave(
         open_file,
         cycle_length=min(len(files), 8),
@@ -479,6 +472,40 @@ def _interleave_files(files, open_file, options):
     if count > 1 and not by_file:
         dataset = dataset.shard(count, index)
     return dataset
+
+
+def _reading_order(elements, options):
+    """A dataset of `elements` (strings: a list, or a dict of equal-length lists) in the order a reader reads them.
+
+    Shuffled when training, each pass anew; endless with `repeat`. With
+    `repeat` and a `seed`, pass `p` is ordered by `(seed, p)` alone, not by a
+    random state that all iterators of the dataset share: so an iterator made
+    to check the first batches, or reading ahead in another thread, cannot
+    change the stream another iterator (Keras's) sees.
+    """
+    training, seed, repeat = options.get("training", True), options.get("seed"), options.get("repeat")
+    as_strings = lambda values: tf.constant(values, tf.string)  # noqa: E731
+    elements = {k: as_strings(v) for k, v in elements.items()} if isinstance(elements, dict) else as_strings(elements)
+    count = int(tf.nest.flatten(elements)[0].shape[0])
+    dataset = tf.data.Dataset.from_tensor_slices(elements)
+    if not (training and count > 1):
+        return dataset.repeat() if repeat else dataset
+    if not repeat or seed is None:
+        dataset = dataset.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+        return dataset.repeat() if repeat else dataset
+    seed = tf.constant(seed, tf.int64)
+
+    def one_pass(number):
+        keys = tf.random.stateless_uniform([count], seed=tf.stack([seed, number]))
+        return tf.data.Dataset.from_tensor_slices(tf.argsort(keys))
+
+    order = tf.data.Dataset.counter().flat_map(one_pass)
+    return order.map(lambda i: tf.nest.map_structure(lambda values: tf.gather(values, i), elements))
+
+
+def _stream_options(options):
+    """The reader options `make_pipeline` takes: `repeat` becomes `endless`, the shard is already applied."""
+    return dict(_without(options, "shard", "repeat"), endless=bool(options.get("repeat")))
 
 
 def _is_deterministic(deterministic, training, seed):
@@ -574,7 +601,7 @@ def _caption_token_counts(tokenizer, captions):
 def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training=True,
                   shuffle_buffer=5_000, seed=None, deterministic=None, drop_remainder=True,
                   skipped=None, exact_resize=False, image_is_path=False, start_position=0,
-                  positions=None, with_captions=False):
+                  positions=None, with_captions=False, endless=False):
     """Decode, augment, tokenise, batch and prefetch a dataset of samples.
 
     Args:
@@ -610,6 +637,10 @@ def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training
         positions: a `StreamPositions` to record each batch's end in.
         with_captions: bool. Batches also carry the caption strings
             (`"captions"`), for zero-shot labels and reports.
+        endless: bool. `source` never ends (a reader's `repeat=True`). Its
+            shuffle buffer and augmentation seeds then start alike for every
+            iterator, so the stream is a function of `seed` alone; a finite
+            source is reshuffled and re-augmented at each iteration (epoch).
 
     Returns:
         A `tf.data.Dataset` of `{"images", "token_ids"}` batches, with the
@@ -627,12 +658,12 @@ def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training
     size = tuple(image_preprocessor.image_size)
 
     if training and shuffle_buffer:
-        source = source.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        source = source.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=not endless)
     # Every sample carries its position in the stream, and its augmentation seeds are drawn
     # beside it, before any skip: a resumed stream gets the samples and seeds it would have had.
     source = source.enumerate()
     if augment:
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=not endless)
         source = tf.data.Dataset.zip((source, seeds.batch(2)))
     else:
         source = source.map(lambda index, sample: ((index, sample), tf.zeros([2], tf.int64)))
