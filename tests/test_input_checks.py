@@ -279,6 +279,15 @@ def test_captions_longer_than_the_text_tower_are_refused_from_a_tf_dataset_of_un
     assert_same_state(before, state_of(model))
 
 
+def test_images_of_the_wrong_size_are_refused_from_a_tf_dataset_of_unknown_height_and_width():
+    model = trained_model()
+    before = state_of(model)
+    wrong = dict(random_pairs(4), images=np.zeros((4, 20, 12, 3), "float32"))
+    with pytest.raises(ValueError, match=r"expects images of shape \(batch, 16, 16, 3\); got \(4, 20, 12, 3\)"):
+        model.fit(tf_dataset_of([wrong], images_shape=(None, None, None, 3)), verbose=0)
+    assert_same_state(before, state_of(model))
+
+
 def test_a_tf_dataset_of_unknown_height_and_width_trains():
     model = trained_model()
     history = model.fit(tf_dataset_of([random_pairs(4), random_pairs(4, seed=1)], images_shape=(None, None, None, 3)),

@@ -39,6 +39,13 @@ class BatchChecker:
         vocabulary_size: int. Token ids must lie in `[0, vocabulary_size)`.
         image_keys: the keys that may hold the image input (`"images"`, and
             `"image_embeddings"` for a locked image tower).
+        sequence_length: int or `None`. The most tokens the text tower takes.
+        image_size: `(height, width)` or `None`. What the `"images"` must be.
+        text_tower, image_tower: the towers' names, for the messages.
+
+    Shapes are checked when the model is traced (`SigLIP.call`), except the
+    dimensions a `tf.data.Dataset` leaves unknown: those are checked in its
+    pipeline, with `sequence_length` and `image_size`.
 
     Example:
     >>> import numpy as np
@@ -49,9 +56,13 @@ class BatchChecker:
     ValueError: token ids must lie in [0, vocabulary_size=10); found 1 outside, e.g. [10].
     """
 
-    def __init__(self, vocabulary_size, image_keys=("images",)):
+    def __init__(self, vocabulary_size, image_keys=("images",), sequence_length=None, image_size=None,
+                 text_tower="text_encoder", image_tower="image_encoder"):
         self.vocabulary_size = int(vocabulary_size)
         self.image_keys = tuple(image_keys)
+        self.sequence_length = sequence_length
+        self.image_size = tuple(image_size) if image_size is not None else None
+        self.text_tower, self.image_tower = text_tower, image_tower
 
     # -- one batch (or whole arrays) on the host ------------------------------
 
@@ -171,6 +182,7 @@ class BatchChecker:
 
         vocabulary_size = self.vocabulary_size
         image_keys = self.image_keys
+        shape_checks = self._tf_shape_assertions
 
         def assert_valid(*data):
             x = data[0]
@@ -186,6 +198,7 @@ class BatchChecker:
                         message=f"{ERROR_MARK}token ids must lie in [0, vocabulary_size={vocabulary_size}).",
                     )
                 )
+            checks.extend(shape_checks(x))
             for key in image_keys:
                 if key in x and x[key].dtype.is_floating:
                     checks.append(
@@ -208,6 +221,34 @@ class BatchChecker:
                 return tf.nest.map_structure(tf.identity, data)
 
         return dataset.map(assert_valid)
+
+    def _tf_shape_assertions(self, x):
+        """Run-time checks of the dimensions the pipeline leaves unknown (the rest were checked when traced)."""
+        import tensorflow as tf
+
+        checks = []
+
+        def shape_text(value):
+            dims = tf.strings.as_string(tf.shape(value))
+            return tf.strings.join(["(", tf.strings.reduce_join(dims, separator=", "), ")"])
+
+        ids = x.get("token_ids")
+        if self.sequence_length is not None and ids is not None and ids.shape.rank == 2 and ids.shape[1] is None:
+            message = tf.strings.join([
+                f"{ERROR_MARK}{self.text_tower} takes at most {self.sequence_length} tokens; got token ids of shape ",
+                shape_text(ids), "."])
+            checks.append(tf.debugging.Assert(tf.shape(ids)[1] <= self.sequence_length, [message]))
+        images = x.get("images")
+        if self.image_size is not None and images is not None and images.shape.rank == 4 and (
+            None in images.shape[1:3]
+        ):
+            height, width = self.image_size
+            message = tf.strings.join([
+                f"{ERROR_MARK}{self.image_tower} expects images of shape (batch, {height}, {width}, 3); got ",
+                shape_text(images), "."])
+            fits = tf.reduce_all(tf.equal(tf.shape(images)[1:3], [height, width]))
+            checks.append(tf.debugging.Assert(fits, [message]))
+        return checks
 
 
 class BatchCounter(keras.callbacks.Callback):

@@ -431,7 +431,10 @@ class SigLIP(keras.Model):
     @property
     def batch_checker(self):
         """The `BatchChecker` that `fit`, `evaluate` and `predict` run on every batch."""
-        return BatchChecker(self.text_encoder.vocabulary_size, self.image_input_keys)
+        image_size = getattr(self.image_encoder, "image_size", None) if "images" in self.image_input_keys else None
+        return BatchChecker(self.text_encoder.vocabulary_size, self.image_input_keys,
+                            sequence_length=self.text_encoder.sequence_length, image_size=image_size,
+                            text_tower=self.text_encoder.name, image_tower=self.image_encoder.name)
 
     @property
     def image_input_keys(self):
