@@ -52,7 +52,9 @@ LAYOUT_RULES = (
     (_MLP + r"/hidden/kernel", ("B", "M")),
     (_MLP + r"/hidden/bias", ("M",)),
     (_MLP + r"/output/kernel", ("M", "B")),
-    (_TOWER + r"/patch_embedding/patch_projection/kernel", (None, None, None, "M")),
+    (_TOWER + r"/patch_embedding/patch_projection/kernel", (None, None, None, "M")),  # FixRes: Conv2D
+    (_TOWER + r"/patch_embedding/patch_dense/kernel", (None, "M")),  # NaFlex: Dense on flattened patches
+    # (1, tokens, width) tables of FixRes and text towers, NaFlex's (grid, grid, width) grid: width on "model".
     (_TOWER + r"(?:/patch_embedding)?/position_embedding", (None, None, "M")),
     (_TOWER + r"/token_embedding/embeddings", ("M", "B")),  # the vocabulary axis on "model"
     (_TOWER + r"/head/kernel", ("B", "M")),
@@ -81,8 +83,10 @@ def require_jax(what="keras.distribution"):
 def get_layout_map(device_mesh, model_dim=MODEL_DIM, batch_dim=BATCH_DIM):
     """A `keras.distribution.LayoutMap` that splits SigLIP's large weights over a mesh.
 
-    See `LAYOUT_RULES` for what goes where; weights no rule names (norms,
-    biases of row-split layers, the MAP probe, t' and b) are replicated.
+    See `LAYOUT_RULES` for what goes where; it covers the FixRes
+    (`ImageEncoder`) and NaFlex (`NaFlexImageEncoder`) image towers alike.
+    Weights no rule names (norms, biases other than those of q/k/v and MLP-in,
+    the MAP probe, t' and b) are replicated.
 
     Args:
         device_mesh: a `keras.distribution.DeviceMesh` with axes `model_dim` and
@@ -100,6 +104,7 @@ def get_layout_map(device_mesh, model_dim=MODEL_DIM, batch_dim=BATCH_DIM):
                                          keras.distribution.list_devices())
     layout_map = get_layout_map(mesh)
     layout_map["image_encoder/block_3/attention/query/kernel"].axes  # ('batch', 'model')
+    layout_map["image_encoder/patch_embedding/patch_dense/kernel"].axes  # (None, 'model'), NaFlex
     ```
     """
     if not isinstance(device_mesh, keras.distribution.DeviceMesh):

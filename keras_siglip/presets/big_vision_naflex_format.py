@@ -48,8 +48,8 @@ def rules(config):
              if not rule.target.startswith("image_encoder/patch_embedding/")]
     ours = "image_encoder/patch_embedding"
     return [
-        Rule("img/embedding/kernel", f"{ours}/patch_projection/kernel", identity),
-        Rule("img/embedding/bias", f"{ours}/patch_projection/bias", identity),
+        Rule("img/embedding/kernel", f"{ours}/patch_dense/kernel", identity),
+        Rule("img/embedding/bias", f"{ours}/patch_dense/bias", identity),
         Rule("img/pos_embedding", f"{ours}/position_embedding", identity),
         *table,
     ]

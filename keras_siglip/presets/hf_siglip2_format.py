@@ -64,8 +64,8 @@ def rules(config):
     table = [rule for rule in hf_format.rules(square) if not rule.target.startswith("image_encoder/patch_embedding/")]
     embeddings, ours = "vision_model.embeddings", "image_encoder/patch_embedding"
     return [
-        Rule(f"{embeddings}.patch_embedding.weight", f"{ours}/patch_projection/kernel", transpose),
-        Rule(f"{embeddings}.patch_embedding.bias", f"{ours}/patch_projection/bias", identity),
+        Rule(f"{embeddings}.patch_embedding.weight", f"{ours}/patch_dense/kernel", transpose),
+        Rule(f"{embeddings}.patch_embedding.bias", f"{ours}/patch_dense/bias", identity),
         Rule(f"{embeddings}.position_embedding.weight", f"{ours}/position_embedding",
              to_shape(grid, grid, width, source=(grid * grid, width))),
         *table,

@@ -89,10 +89,12 @@ class NaFlexPatchEmbedding(keras.layers.Layer):
         return self.patch_size * self.patch_size * 3
 
     def build(self, pixel_values_shape=None, spatial_shapes_shape=None):
-        self.patch_projection = keras.layers.Dense(
-            self.width, kernel_initializer="lecun_normal", dtype=self.dtype_policy, name="patch_projection"
+        # Not "patch_projection", the FixRes tower's 4-D Conv2D: a distinct path gives this 2-D
+        # kernel its own rule in distribution.LAYOUT_RULES.
+        self.patch_dense = keras.layers.Dense(
+            self.width, kernel_initializer="lecun_normal", dtype=self.dtype_policy, name="patch_dense"
         )
-        self.patch_projection.build((None, None, self.patch_dim))
+        self.patch_dense.build((None, None, self.patch_dim))
         grid = self.position_grid_size
         self.position_embedding = self.add_weight(
             shape=(grid, grid, self.width),
@@ -101,7 +103,7 @@ class NaFlexPatchEmbedding(keras.layers.Layer):
         )
 
     def call(self, pixel_values, spatial_shapes):
-        tokens = self.patch_projection(pixel_values)
+        tokens = self.patch_dense(pixel_values)
         weights = position_resize_weights(spatial_shapes, ops.shape(pixel_values)[1], self.position_grid_size)
         grid = ops.reshape(ops.cast(self.position_embedding, "float32"), (-1, self.width))
         return tokens + ops.cast(ops.matmul(weights, grid), tokens.dtype)
