@@ -19,7 +19,8 @@ model.fit(dataset)  # each batch is split along the mesh's "batch" axis
   towers are split along "model" (Megatron style: q/k/v and MLP-in kernels by
   output columns, attention-out and MLP-out kernels by input rows, the token
   table by vocabulary) and along "batch" on their other axis (FSDP style), so
-  every large weight is spread over the whole mesh whatever its shape.
+  the encoder blocks' kernels and the token table are spread over the whole
+  mesh; the patch embeddings and position grids are split along "model" only.
 - `tpu_v4_mesh(chips)`: the mesh of a TPU v4 slice (4, 8, 16 or 32 chips).
 - `initialize_multi_host()`: joins the processes of a multi-host job.
 
