@@ -1,4 +1,6 @@
-"""`AtomicBackupAndRestore`: Keras's `BackupAndRestore`, safe against a kill at any moment.
+"""Training callbacks whose files survive a kill at any moment.
+
+`AtomicBackupAndRestore`: Keras's `BackupAndRestore`, safe against a kill at any moment.
 
 Keras's callback overwrites `latest.weights.h5` and then
 `training_metadata.json` in place: a kill inside the weights write leaves a
@@ -119,3 +121,43 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                     shutil.rmtree(path, ignore_errors=True)
                 else:
                     os.remove(path)
+
+
+class AtomicWeightsCheckpoint(keras.callbacks.Callback):
+    """Saves the model's weights to one `.weights.h5` file at the end of every epoch, atomically.
+
+    Keras's `ModelCheckpoint` rewrites its file in place, so a kill inside the
+    write leaves a file `load_weights` cannot open. Here the new weights are
+    written under a temporary name and renamed over the file: it always holds
+    one complete epoch's weights.
+
+    Args:
+        path: str. Where the weights go; must end in `.weights.h5`.
+
+    Example:
+    >>> import os, tempfile, numpy as np, keras
+    >>> path = os.path.join(tempfile.mkdtemp(), "checkpoint.weights.h5")
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> model.compile("sgd", "mse")
+    >>> _ = model.fit(np.ones((4, 2)), np.ones(4), callbacks=[AtomicWeightsCheckpoint(path)], verbose=0)
+    >>> os.listdir(os.path.dirname(path))
+    ['checkpoint.weights.h5']
+    """
+
+    def __init__(self, path):
+        super().__init__()
+        path = os.fspath(path)
+        if not path.endswith(".weights.h5"):
+            raise ValueError(f"AtomicWeightsCheckpoint writes Keras weights files, whose names end in "
+                             f"'.weights.h5'; got {path!r}.")
+        self.path = path
+
+    def on_epoch_end(self, epoch, logs=None):
+        with atomic.replaced_file(self.path) as partial:
+            named = partial + ".weights.h5"  # Keras's save_weights wants the suffix
+            try:
+                self.model.save_weights(named)
+                os.replace(named, partial)
+            finally:
+                if os.path.exists(named):
+                    os.remove(named)

@@ -39,7 +39,7 @@ import keras
 import numpy as np
 
 from keras_siglip import SigLIP, SigmoidLoss, SoftmaxLoss, evaluation
-from keras_siglip.callbacks import AtomicBackupAndRestore
+from keras_siglip.callbacks import AtomicBackupAndRestore, AtomicWeightsCheckpoint
 from keras_siglip.data import digits, shapes
 from keras_siglip.data.embedded import EMBEDDED_VOCABULARY, PairBatches
 from keras_siglip.models.siglip.towers import ImageEncoder, TextEncoder, variant_config
@@ -340,7 +340,7 @@ def run(config):
             ),
         ]
     callbacks.append(
-        keras.callbacks.ModelCheckpoint(str(workdir / "checkpoint.weights.h5"), save_weights_only=True)
+        AtomicWeightsCheckpoint(str(workdir / "checkpoint.weights.h5"))
     )
     if config["tensorboard"]:
         callbacks.append(keras.callbacks.TensorBoard(str(workdir / "tensorboard"), update_freq="epoch"))

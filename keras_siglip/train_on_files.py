@@ -27,6 +27,7 @@ import keras
 import numpy as np
 
 from keras_siglip import SigLIP, SigmoidLoss, SoftmaxLoss, evaluation, train
+from keras_siglip.callbacks import AtomicWeightsCheckpoint
 from keras_siglip.templates import DEFAULT_TEMPLATES
 
 MANIFEST_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".json")
@@ -285,7 +286,7 @@ def run(config):
             names, templates, images, labels = zero_shot
             classifier = evaluation.ZeroShotClassifier(model, tokenizer, names, templates)
             callbacks.append(evaluation.ZeroShotCallback(classifier, images, labels, **schedule))
-    callbacks.append(keras.callbacks.ModelCheckpoint(str(workdir / "checkpoint.weights.h5"), save_weights_only=True))
+    callbacks.append(AtomicWeightsCheckpoint(str(workdir / "checkpoint.weights.h5")))
     if config["tensorboard"]:
         callbacks.append(keras.callbacks.TensorBoard(str(workdir / "tensorboard"), update_freq="epoch"))
     model.fit(dataset, epochs=epochs, steps_per_epoch=config["checkpoint_every"], callbacks=callbacks,

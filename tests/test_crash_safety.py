@@ -222,3 +222,32 @@ def test_a_replaced_folder_swaps_whole(tmp_path, monkeypatch, exchange):
                 pathlib.Path(partial, name).write_text(str(files))
         assert sorted(os.listdir(folder)) == files
     assert os.listdir(tmp_path) == ["preset"]
+
+
+@pytest.mark.backend_independent
+def test_a_weights_checkpoint_failing_mid_write_keeps_the_last_complete_weights(tmp_path, monkeypatch):
+    import h5py
+
+    from keras_siglip.callbacks import AtomicWeightsCheckpoint
+
+    path = tmp_path / "checkpoint.weights.h5"
+    x, y = np.ones((4, 3), "float32"), np.ones((4, 2), "float32")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    model.fit(x, y, callbacks=[AtomicWeightsCheckpoint(path)], verbose=0)
+    saved = model.get_weights()
+
+    def fail(self, *args, **kwargs):
+        raise OSError("disk full")  # the new HDF5 file is open and half written
+
+    monkeypatch.setattr(h5py.File, "close", fail)
+    with pytest.raises(OSError, match="disk full"):
+        model.fit(x, y, callbacks=[AtomicWeightsCheckpoint(path)], verbose=0)
+    monkeypatch.undo()
+    assert not np.allclose(model.get_weights()[0], saved[0])  # the second epoch trained
+    model.load_weights(path)
+    for got, want in zip(model.get_weights(), saved):
+        np.testing.assert_array_equal(got, want)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.weights.h5"]
+    with pytest.raises(ValueError, match="end in '.weights.h5'"):
+        AtomicWeightsCheckpoint(tmp_path / "weights.keras")
