@@ -10,7 +10,9 @@ best of `--repeats`) and its logits compared with the source library's own.
 `--siglip2` times `load_preset` (model, Gemma tokenizer, image preprocessor) of a
 SigLIP 2 FixRes transformers folder instead: a random `SiglipModel` with Gemma's
 256k vocabulary and the Gemma tokenizer files transformers writes, compared on
-raw images and texts, each library running its own preprocessing.
+raw images and texts, each library running its own preprocessing. `--naflex`
+does the same for a SigLIP 2 NaFlex folder (`Siglip2Model`, `--max_num_patches`),
+on raw images of different sizes and aspect ratios.
 """
 
 import os
@@ -33,6 +35,8 @@ flags.DEFINE_integer("vocabulary_size", 1000, "Vocabulary size.")
 flags.DEFINE_integer("sequence_length", 16, "Text length.")
 flags.DEFINE_integer("repeats", 2, "Timed loads per source; the best is reported.")
 flags.DEFINE_bool("siglip2", False, "Time a SigLIP 2 FixRes transformers folder (Gemma vocabulary) instead.")
+flags.DEFINE_bool("naflex", False, "Time a SigLIP 2 NaFlex transformers folder (Gemma vocabulary) instead.")
+flags.DEFINE_integer("max_num_patches", 256, "NaFlex: the image processor's patch budget.")
 FLAGS = flags.FLAGS
 
 
@@ -93,8 +97,8 @@ def native_source(folder, tower, images, token_ids):
     return our_logits(model, images, token_ids)
 
 
-def siglip2_fixres(folder, tower):
-    """A SigLIP 2 FixRes transformers folder; `load_preset`'s time and its difference from transformers."""
+def siglip2(folder, tower, naflex):
+    """A SigLIP 2 transformers folder (FixRes or NaFlex); `load_preset`'s time and its difference from transformers."""
     import torch
     import transformers
 
@@ -107,22 +111,35 @@ def siglip2_fixres(folder, tower):
 
     common = dict(hidden_size=tower["width"], intermediate_size=tower["mlp_dim"],
                   num_hidden_layers=tower["depth"], num_attention_heads=tower["num_heads"])
-    config = transformers.SiglipConfig(
-        text_config=dict(common, vocab_size=256_000, max_position_embeddings=FLAGS.sequence_length,
-                         pad_token_id=0, eos_token_id=1, bos_token_id=2),
-        vision_config=dict(common, image_size=FLAGS.image_size, patch_size=FLAGS.patch_size))
-    reference = transformers.SiglipModel(config).eval()
+    text = dict(common, vocab_size=256_000, max_position_embeddings=FLAGS.sequence_length,
+                pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    rng = np.random.default_rng(0)
+    if naflex:
+        # The released NaFlex towers learn a 16x16 position grid.
+        config = transformers.Siglip2Config(text_config=text, vision_config=dict(
+            common, patch_size=FLAGS.patch_size, num_patches=256))
+        reference = transformers.Siglip2Model(config).eval()
+        processor = transformers.Siglip2ImageProcessorPil(patch_size=FLAGS.patch_size,
+                                                          max_num_patches=FLAGS.max_num_patches)
+        images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((480, 640, 3), (900, 300, 3))]
+        kind = f"NaFlex {FLAGS.variant}/{FLAGS.patch_size}, {FLAGS.max_num_patches} patches"
+    else:
+        config = transformers.SiglipConfig(text_config=text, vision_config=dict(
+            common, image_size=FLAGS.image_size, patch_size=FLAGS.patch_size))
+        reference = transformers.SiglipModel(config).eval()
+        processor = transformers.SiglipImageProcessor(size={"height": FLAGS.image_size, "width": FLAGS.image_size},
+                                                      resample=2, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+        images = list(rng.integers(0, 256, (2, FLAGS.image_size, FLAGS.image_size, 3), dtype=np.uint8))
+        kind = f"FixRes {FLAGS.variant}/{FLAGS.patch_size}-{FLAGS.image_size}"
     reference.save_pretrained(folder)
     write_transformers_tokenizer(write_gemma_spm(os.path.join(folder, "gemma.model")), folder)
-    transformers.SiglipImageProcessor(size={"height": FLAGS.image_size, "width": FLAGS.image_size}, resample=2,
-                                      image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(folder)
-    images = np.random.default_rng(0).integers(0, 256, (2, FLAGS.image_size, FLAGS.image_size, 3), dtype=np.uint8)
+    processor.save_pretrained(folder)
     texts = HARD_TEXTS[:2]
     ids = transformers_siglip2_tokenizer(folder)(texts, padding="max_length", truncation=True,
                                                   max_length=FLAGS.sequence_length, return_tensors="pt")["input_ids"]
-    pixels = transformers.AutoImageProcessor.from_pretrained(folder)(images=list(images), return_tensors="pt")
+    pixels = transformers.AutoImageProcessor.from_pretrained(folder)(images=images, return_tensors="pt")
     with torch.no_grad():
-        out = reference(input_ids=ids, pixel_values=pixels["pixel_values"])
+        out = reference(input_ids=ids, **pixels)
     best = float("inf")
     for _ in range(FLAGS.repeats):
         keras.utils.clear_session()
@@ -133,19 +150,18 @@ def siglip2_fixres(folder, tower):
     image_error = np.abs(keras.ops.convert_to_numpy(model.encode_images(image_converter(images)))
                          - out.image_embeds.numpy()).max()
     text_error = np.abs(keras.ops.convert_to_numpy(model.encode_texts(our_ids)) - out.text_embeds.numpy()).max()
-    print(f"backend {keras.backend.backend()}, SigLIP 2 FixRes {FLAGS.variant}/{FLAGS.patch_size}-{FLAGS.image_size}, "
-          f"Gemma 256k vocabulary, {FLAGS.sequence_length} tokens")
+    print(f"backend {keras.backend.backend()}, SigLIP 2 {kind}, Gemma 256k vocabulary, {FLAGS.sequence_length} tokens")
     print("| source | parameters | load_preset (s) | token ids equal | max abs image / text embedding error |")
     print("|---|---|---|---|---|")
-    print(f"| transformers SigLIP 2 FixRes folder | {model.count_params():,} | {best:.2f} | "
+    print(f"| transformers SigLIP 2 {kind} folder | {model.count_params():,} | {best:.2f} | "
           f"{bool((our_ids == ids.numpy()).all())} | {image_error:.1e} / {text_error:.1e} |")
 
 
 def main(argv):
     del argv
-    if FLAGS.siglip2:
+    if FLAGS.siglip2 or FLAGS.naflex:
         with tempfile.TemporaryDirectory() as folder:
-            return siglip2_fixres(folder, VARIANTS[FLAGS.variant])
+            return siglip2(folder, VARIANTS[FLAGS.variant], naflex=FLAGS.naflex)
     tower = VARIANTS[FLAGS.variant]
     rng = np.random.default_rng(0)
     images = rng.uniform(-1, 1, (2, FLAGS.image_size, FLAGS.image_size, 3)).astype("float32")
