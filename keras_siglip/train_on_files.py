@@ -20,7 +20,6 @@ import json
 import math
 import os
 import pathlib
-import shutil
 import time
 
 import keras
@@ -105,6 +104,32 @@ def training_preprocessor(preprocessor, config):
     return SigLIPImagePreprocessor.from_config(settings)
 
 
+def mesh_shape(config):
+    """The `(batch, model)` shape of `--mesh`, or None; a ValueError names a malformed or unused one."""
+    if not config["mesh"]:
+        return None
+    if config["distribution"] != "model":
+        raise ValueError(f"--mesh={config['mesh']} is the (batch, model) mesh of --distribution=model; "
+                         f"got --distribution={config['distribution']}.")
+    parts = str(config["mesh"]).split(",")
+    if len(parts) != 2 or not all(part.strip().isdigit() and int(part) > 0 for part in parts):
+        raise ValueError(f"--mesh={config['mesh']} must be two positive integers, batch,model (e.g. 2,4).")
+    return tuple(int(part) for part in parts)
+
+
+def check_distribution(config):
+    """Raises ValueError for a `--distribution` / `--mesh` the run cannot use, before any work is done.
+
+    Args:
+        config: the job's settings.
+    """
+    mesh_shape(config)
+    if config["distribution"] != "none":
+        from keras_siglip import distribution
+
+        distribution.require_jax(f"--distribution={config['distribution']}")
+
+
 def strategy_of(config):
     """The `keras.distribution` set-up of `--distribution` / `--mesh` (JAX), or None."""
     if config["distribution"] == "none":
@@ -113,7 +138,7 @@ def strategy_of(config):
 
     if config["distribution"] == "data":
         return distribution.data_parallel()
-    mesh = tuple(int(size) for size in config["mesh"].split(",")) if config["mesh"] else None
+    mesh = mesh_shape(config)
     if mesh is None:
         mesh = (1, len(keras.distribution.list_devices()))
     return distribution.model_parallel(mesh)
@@ -225,7 +250,26 @@ def zero_shot_set(config, tokenizer, preprocessor):
 
 
 def run(config):
-    """Trains on `config["train_data"]`, evaluates, writes the workdir; returns the results dict."""
+    """Trains on `config["train_data"]`, evaluates, writes the workdir; returns the results dict.
+
+    The run computes under the dtype policy `--precision`; the global policy
+    the caller had is put back afterwards, whether the run ends or fails.
+
+    Args:
+        config: the job's settings (`keras_siglip.train.default_config`).
+    """
+    if config["steps"] < 1 or config["checkpoint_every"] < 1:
+        raise ValueError("--steps and --checkpoint_every must be positive.")
+    check_distribution(config)
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(config["precision"])
+    try:
+        return _train_and_report(config)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+
+
+def _train_and_report(config):
     import tensorflow as tf
 
     from keras_siglip import backend
@@ -234,19 +278,16 @@ def run(config):
     started = time.time()
     workdir = pathlib.Path(config["workdir"])
     workdir.mkdir(parents=True, exist_ok=True)
-    if config["steps"] < 1 or config["checkpoint_every"] < 1:
-        raise ValueError("--steps and --checkpoint_every must be positive.")
     train.record_settings(config, workdir)
-    if config["precision"] != "float32":
-        keras.config.set_dtype_policy(config["precision"])
     strategy = strategy_of(config)
     process, processes = backend.process_index_and_count()
     if config["batch_size"] % processes:
         raise ValueError(f"--batch_size={config['batch_size']} must be divisible by {processes} processes.")
     local_batch = config["batch_size"] // processes
     keras.utils.set_random_seed(config["seed"])
-    scope = strategy.scope() if strategy is not None else _no_scope()
-    with scope:
+    # Distribution.scope() is a one-shot context manager: each block asks for a new one.
+    scope = strategy.scope if strategy is not None else _no_scope
+    with scope():
         model, tokenizer, preprocessor = build(config)
 
     epochs = math.ceil(config["steps"] / config["checkpoint_every"])
@@ -264,7 +305,7 @@ def run(config):
                                          keys=["images", "token_ids"])
     zero_shot = zero_shot_set(config, tokenizer, preprocessor)
 
-    with scope:
+    with scope():
         model.compile(
             loss=SigmoidLoss() if config["loss"] == "sigmoid" else SoftmaxLoss(),
             learning_rate=train.learning_rate_schedule(config["learning_rate"], config["warmup_steps"], total_steps),
@@ -289,8 +330,9 @@ def run(config):
     callbacks.append(AtomicWeightsCheckpoint(str(workdir / "checkpoint.weights.h5")))
     if config["tensorboard"]:
         callbacks.append(keras.callbacks.TensorBoard(str(workdir / "tensorboard"), update_freq="epoch"))
-    model.fit(dataset, epochs=epochs, steps_per_epoch=config["checkpoint_every"], callbacks=callbacks,
-              verbose=config["verbose"], shuffle=False)
+    with scope():  # under the distribution, fit splits each batch over the devices
+        model.fit(dataset, epochs=epochs, steps_per_epoch=config["checkpoint_every"], callbacks=callbacks,
+                  verbose=config["verbose"], shuffle=False)
     train_seconds = time.time() - started
 
     results = {
@@ -311,10 +353,10 @@ def run(config):
     if zero_shot is not None:
         names, templates, images, labels = zero_shot
         classifier = evaluation.ZeroShotClassifier(model, tokenizer, names, templates)
-        results["zero_shot"] = classifier.evaluate(images, labels)
+        results["zero_shot"] = dict(classifier.evaluate(images, labels), examples=len(labels), classes=len(names),
+                                    templates=len(templates))
     if process == 0:
         preset_dir = workdir / "preset"
-        shutil.rmtree(preset_dir, ignore_errors=True)
         model.save_to_preset(str(preset_dir), tokenizer=tokenizer, image_converter=preprocessor)
         train.plot(str(workdir / "main_job.png"), train.read_loss_log(str(workdir / "loss.csv")),
                    np.zeros((1, 1)), [""], f"{config['train_data']}: {total_steps} steps x {config['batch_size']}")

@@ -1,0 +1,96 @@
+"""The main job's fine-tuning flags on image-caption files: a locked or slower image tower, mixed precision,
+zero-shot classes, and the `--distribution` / `--mesh` settings it refuses before any work."""
+
+import csv
+
+import keras
+import numpy as np
+import pytest
+
+from image_caption_files import COLORS, TINY, data  # noqa: F401 (data: a fixture)
+from keras_siglip import presets, train
+
+
+def tower_weights(preset_dir):
+    model, _, _ = presets.load_preset(str(preset_dir))
+    return ([np.asarray(w) for w in model.image_encoder.get_weights()],
+            [np.asarray(w) for w in model.text_encoder.get_weights()])
+
+
+def assert_all_equal(left, right):
+    assert len(left) == len(right) > 0
+    for a, b in zip(left, right):
+        np.testing.assert_array_equal(a, b)
+
+
+def assert_some_differ(left, right):
+    assert any(not np.array_equal(a, b) for a, b in zip(left, right))
+
+
+def test_a_locked_or_zero_rate_image_tower_is_left_as_the_preset_had_it(data, tmp_path):
+    def run(name, **flags):
+        settings = dict(TINY, steps=2, train_data=str(data / "{00000..00003}.tar"), workdir=str(tmp_path / name))
+        settings.update(flags)
+        train.run(train.default_config(**settings))
+        return tmp_path / name / "preset"
+
+    start = run("start")
+    image_start, text_start = tower_weights(start)
+    for name, flags in (("locked", dict(lock_image_tower=True)),
+                        ("zero_rate", dict(image_tower_learning_rate_multiplier=0.0))):
+        image, text = tower_weights(run(name, preset=str(start), **flags))
+        assert_all_equal(image, image_start)
+        assert_some_differ(text, text_start)
+    with pytest.raises(ValueError, match="is it locked"):
+        run("both", preset=str(start), lock_image_tower=True, image_tower_learning_rate_multiplier=0.5)
+
+
+def test_mixed_bfloat16_with_zero_shot_classes_reports_accuracy_and_restores_the_policy(data, tmp_path):
+    (tmp_path / "classes.txt").write_text("\n".join(COLORS) + "\n")
+    (tmp_path / "templates.txt").write_text("a photo of a {}.\n{} square\n")
+    with open(tmp_path / "labelled.csv", "w", newline="") as file:
+        csv.writer(file).writerows([("image", "caption")] + [(f"{i:04d}.jpg", COLORS[i % 6]) for i in range(24)])
+    config = train.default_config(**TINY, steps=2, train_data=str(data / "train.csv"), precision="mixed_bfloat16",
+                                  zero_shot_classes=str(tmp_path / "classes.txt"),
+                                  zero_shot_templates=str(tmp_path / "templates.txt"),
+                                  zero_shot_data=str(tmp_path / "labelled.csv"), image_root=str(data),
+                                  workdir=str(tmp_path / "run"))
+    results = train.run(config)
+    assert keras.config.dtype_policy().name == "float32"
+    zero_shot = results["zero_shot"]
+    assert (zero_shot["examples"], zero_shot["classes"], zero_shot["templates"]) == (24, 6, 2)
+    assert 0.0 <= zero_shot["top1"] <= zero_shot["top5"] <= 1.0
+    assert np.isfinite(train.read_loss_log(str(tmp_path / "run" / "loss.csv"))[-1][-1])
+    model, _, _ = presets.load_preset(str(tmp_path / "run" / "preset"))
+    assert model.image_encoder.dtype_policy.name == "mixed_bfloat16"
+
+    (tmp_path / "classes.txt").write_text("\n".join(COLORS[:5]) + "\n")
+    with pytest.raises(ValueError, match=r"classes not in .*classes.txt.*yellow"):
+        train.run(dict(config, workdir=str(tmp_path / "unknown_class")))
+    with pytest.raises(ValueError, match="needs --zero_shot_data"):
+        train.run(dict(config, zero_shot_data=None, workdir=str(tmp_path / "no_data")))
+    assert keras.config.dtype_policy().name == "float32"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (dict(distribution="model", mesh="2x4"), "must be two positive integers"),
+    (dict(distribution="model", mesh="2,0"), "must be two positive integers"),
+    (dict(distribution="data", mesh="2,4"), "mesh of --distribution=model; got --distribution=data"),
+    (dict(distribution="none", mesh="1,1"), "mesh of --distribution=model"),
+    (dict(steps=0), "--steps and --checkpoint_every must be positive"),
+])
+def test_unusable_distribution_settings_are_refused_before_any_work(data, tmp_path, flags, message):
+    config = train.default_config(**dict(TINY, **flags, train_data=str(data / "train.csv"), image_root=str(data),
+                                         workdir=str(tmp_path / "run")))
+    with pytest.raises(ValueError, match=message):
+        train.run(config)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(keras.backend.backend() == "jax", reason="keras.distribution is available on JAX")
+def test_a_distribution_on_a_backend_without_keras_distribution_is_refused(data, tmp_path):
+    config = train.default_config(**TINY, distribution="data", train_data=str(data / "train.csv"),
+                                  image_root=str(data), workdir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="needs the JAX backend"):
+        train.run(config)
+    assert not (tmp_path / "run").exists()
