@@ -32,7 +32,6 @@ import json
 import math
 import os
 import pathlib
-import shutil
 import time
 
 import keras
@@ -362,8 +361,7 @@ def run(config):
     )
 
     preset_dir = workdir / "preset"
-    shutil.rmtree(preset_dir, ignore_errors=True)
-    model.save_to_preset(str(preset_dir), tokenizer=tokenizer)
+    model.save_to_preset(str(preset_dir), tokenizer=tokenizer)  # replaces an earlier preset whole
 
     # Held-out images grouped by class (12 at most), so matches lie on the diagonal.
     classes = np.unique(test.labels)
@@ -385,7 +383,7 @@ def run(config):
         f"Keras/{keras.backend.backend()}: held-out zero-shot top-1 {top1:.1%}",
     )
     results["total_seconds"] = round(time.time() - started, 1)
-    (workdir / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    write_atomically(workdir / "results.json", json.dumps(results, indent=1, default=str))
     print_report(results, workdir)
     return results
 

@@ -301,8 +301,9 @@ def _train_and_report(config):
     val = None
     if config["val_data"]:
         val = evaluation.collect_batches(read_data(config["val_data"], config, tokenizer, preprocessor, 64,
-                                                   training=False, drop_remainder=False, shard=(0, 1)),
-                                         keys=["images", "token_ids"])
+                                                   training=False, drop_remainder=False, shard=(0, 1),
+                                                   with_captions=True),
+                                         keys=["images", "token_ids", "captions"])
     zero_shot = zero_shot_set(config, tokenizer, preprocessor)
 
     with scope():
@@ -358,13 +359,29 @@ def _train_and_report(config):
     if process == 0:
         preset_dir = workdir / "preset"
         model.save_to_preset(str(preset_dir), tokenizer=tokenizer, image_converter=preprocessor)
+        similarity, captions = held_out_similarity(model, val) if val is not None else (np.zeros((1, 1)), [""])
         train.plot(str(workdir / "main_job.png"), train.read_loss_log(str(workdir / "loss.csv")),
-                   np.zeros((1, 1)), [""], f"{config['train_data']}: {total_steps} steps x {config['batch_size']}")
+                   similarity, captions, f"{config['train_data']}: {total_steps} steps x {config['batch_size']}")
     results["total_seconds"] = round(time.time() - started, 1)
     if process == 0:
         train.write_atomically(workdir / "results.json", json.dumps(results, indent=1, default=str))
         print_report(results, workdir)
     return results
+
+
+def held_out_similarity(model, val, count=12):
+    """`sigmoid(t * img @ txt + b)` of the first `count` `--val_data` pairs, and their captions (cut to 40 characters).
+
+    Args:
+        model: the trained `SigLIP`.
+        val: `{"images", "token_ids", "captions"}` arrays.
+        count: int, pairs to show.
+    """
+    images, token_ids = val["images"][:count], val["token_ids"][:count]
+    logits = model.similarity(evaluation.encode_images(model, images), evaluation.encode_token_ids(model, token_ids))
+    similarity = 1 / (1 + np.exp(-np.asarray(keras.ops.convert_to_numpy(logits))))
+    captions = [bytes(c).decode("utf-8", "replace")[:40] for c in val["captions"][:count]]
+    return similarity, captions
 
 
 class _no_scope:

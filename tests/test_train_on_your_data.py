@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from image_caption_files import TINY, data, weights  # noqa: F401 (data: a fixture)
-from keras_siglip import train
+from keras_siglip import presets, train, train_on_files
 
 LAYOUTS = {"csv": "train.csv", "tar": "{00000..00003}.tar", "tfrecord": "part-*.tfrecord"}
 
@@ -34,7 +34,14 @@ def test_trains_on_each_layout_and_reports_retrieval(data, tmp_path, layout):
     positions = json.loads((tmp_path / "data_position.json").read_text())
     assert sorted(map(int, positions)) == [2, 4] and positions["4"] == 4 * 8  # no image skipped: 8 per step
     assert f"--train_data={data / LAYOUTS[layout]}" in (tmp_path / "flags.txt").read_text()
-    assert (tmp_path / "preset" / "model.weights.h5").exists()
+    assert (tmp_path / "preset" / "model.weights.h5").exists() and (tmp_path / "main_job.png").exists()
+    if layout == "csv":  # the plot's panel: the first --val_data pairs against their captions
+        model, tokenizer, _ = presets.load_preset(str(tmp_path / "preset"))
+        val = {"images": np.zeros((3, 8, 8, 3), "float32"), "token_ids": tokenizer(["a", "b", "c"]),
+               "captions": np.array([b"a", b"b", "été ".encode() * 20], object)}
+        similarity, captions = train_on_files.held_out_similarity(model, val, count=3)
+        assert similarity.shape == (3, 3) and ((0 < similarity) & (similarity < 1)).all()
+        assert captions == ["a", "b", ("\u00e9t\u00e9 " * 20)[:40]]
 
 
 def test_one_seed_gives_one_run(data, tmp_path):
