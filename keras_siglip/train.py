@@ -105,9 +105,9 @@ SETTINGS = (
     Setting("mesh", "string", None, "(batch, model) mesh for --distribution=model, e.g. 2,4."),
 )
 
-def backup_callback(workdir):
-    """The crash-recovery callback (weights, optimizer state and step, every epoch) writing `workdir/backup`."""
-    return AtomicBackupAndRestore(str(pathlib.Path(workdir) / "backup"))
+def backup_callback(workdir, suffix=""):
+    """The crash-recovery callback (weights, optimizer state and step, every epoch) writing `workdir/backup<suffix>`."""
+    return AtomicBackupAndRestore(str(pathlib.Path(workdir) / f"backup{suffix}"))
 
 
 def write_atomically(path, text):

@@ -278,9 +278,10 @@ def _train_and_report(config):
     started = time.time()
     workdir = pathlib.Path(config["workdir"])
     workdir.mkdir(parents=True, exist_ok=True)
-    train.record_settings(config, workdir)
     strategy = strategy_of(config)
     process, processes = backend.process_index_and_count()
+    if process == 0:
+        train.record_settings(config, workdir)
     if config["batch_size"] % processes:
         raise ValueError(f"--batch_size={config['batch_size']} must be divisible by {processes} processes.")
     local_batch = config["batch_size"] // processes
@@ -314,10 +315,14 @@ def _train_and_report(config):
             micro_batch_size=config["micro_batch_size"],
             image_tower_learning_rate_multiplier=config["image_tower_learning_rate_multiplier"],
         )
+    # In a multi-host job every process keeps its own backup and stream position (each restores its own);
+    # the files that are the same on every process (checkpoint, loss log, TensorBoard) come from process 0.
     suffix = "" if processes == 1 else f".{process}-of-{processes}"
     stream = StreamPosition(positions, start, str(workdir / f"data_position{suffix}.json"), config["checkpoint_every"])
     throughput = Throughput(local_batch, lambda: stream.end)
-    callbacks = [train.backup_callback(workdir), stream, throughput, train.StepLossLog(str(workdir / "loss.csv"))]
+    callbacks = [train.backup_callback(workdir, suffix), stream, throughput]
+    if process == 0:
+        callbacks.append(train.StepLossLog(str(workdir / "loss.csv")))
     if config["max_skipped_images"] is not None:
         callbacks.append(SkipLimit(skipped, config["max_skipped_images"]))
     if config["eval_every"]:
@@ -328,8 +333,9 @@ def _train_and_report(config):
             names, templates, images, labels = zero_shot
             classifier = evaluation.ZeroShotClassifier(model, tokenizer, names, templates)
             callbacks.append(evaluation.ZeroShotCallback(classifier, images, labels, **schedule))
-    callbacks.append(AtomicWeightsCheckpoint(str(workdir / "checkpoint.weights.h5")))
-    if config["tensorboard"]:
+    if process == 0:
+        callbacks.append(AtomicWeightsCheckpoint(str(workdir / "checkpoint.weights.h5")))
+    if config["tensorboard"] and process == 0:
         callbacks.append(keras.callbacks.TensorBoard(str(workdir / "tensorboard"), update_freq="epoch"))
     with scope():  # under the distribution, fit splits each batch over the devices
         model.fit(dataset, epochs=epochs, steps_per_epoch=config["checkpoint_every"], callbacks=callbacks,

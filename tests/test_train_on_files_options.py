@@ -1,7 +1,10 @@
 """The main job's fine-tuning flags on image-caption files: a locked or slower image tower, mixed precision,
-zero-shot classes, and the `--distribution` / `--mesh` settings it refuses before any work."""
+zero-shot classes, the `--distribution` / `--mesh` settings it refuses before any work, and one process's part
+of a multi-host job."""
 
 import csv
+import json
+import os
 
 import keras
 import numpy as np
@@ -94,3 +97,19 @@ def test_a_distribution_on_a_backend_without_keras_distribution_is_refused(data,
     with pytest.raises(ValueError, match="needs the JAX backend"):
         train.run(config)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_process_of_a_multi_host_job_feeds_its_share_and_leaves_the_shared_files_to_process_0(
+        data, tmp_path, monkeypatch):
+    from keras_siglip import backend
+
+    monkeypatch.setattr(backend, "process_index_and_count", lambda: (1, 2))
+    config = train.default_config(**TINY, steps=2, train_data=str(data / "train.csv"), workdir=str(tmp_path / "run"))
+    results = train.run(config)
+    assert (results["steps"], results["batch_size"]) == (2, 8)
+    positions = json.loads((tmp_path / "run" / "data_position.1-of-2.json").read_text())
+    assert positions["2"] == 2 * 4  # 4 of the 8 pairs of each step come from this process's rows
+    # The checkpoint, loss log, settings, preset and results are process 0's to write.
+    assert sorted(os.listdir(tmp_path / "run")) == ["data_position.1-of-2.json"]
+    with pytest.raises(ValueError, match="--batch_size=9 must be divisible by 2 processes"):
+        train.run(dict(config, batch_size=9, workdir=str(tmp_path / "odd")))
