@@ -592,10 +592,8 @@ class CaptionCounter:
 
 def _caption_token_counts(tokenizer, captions):
     """Tokens per caption before truncation (EOS included), or None for a tokenizer without SentencePiece."""
-    live = getattr(tokenizer, "_live_sentence_piece", None)  # SigLIPTokenizer's tensorflow-text tokenizer
-    if live is None or not hasattr(tokenizer, "normalize"):
-        return None
-    return live().tokenize(tokenizer.normalize(captions)).row_lengths() + 1
+    lengths = getattr(tokenizer, "untruncated_lengths", None)  # SigLIPTokenizer and SigLIP2Tokenizer
+    return None if lengths is None else lengths(captions)
 
 
 def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training=True,

@@ -179,6 +179,27 @@ class SigLIPTokenizer(SentencePieceTokenizer):
         self._check_vocabulary()
         return self._tokenize_fixed_length(inputs)
 
+    def untruncated_lengths(self, inputs):
+        """Tokens per text before the cut to `sequence_length` (EOS included): more than it means truncated.
+
+        Args:
+            inputs: a 1-D batch of strings (a list or a string tensor).
+
+        Example:
+        >>> import io, sentencepiece
+        >>> model = io.BytesIO()
+        >>> sentencepiece.SentencePieceTrainer.train(
+        ...     sentence_iterator=iter(["a photo of a cat", "a photo of a dog"] * 50),
+        ...     model_writer=model, vocab_size=14, pad_id=0, eos_id=1, unk_id=2,
+        ...     bos_id=-1, minloglevel=2)
+        >>> tokenizer = SigLIPTokenizer(model.getvalue(), sequence_length=8)
+        >>> lengths = tokenizer.untruncated_lengths(["a cat", "a photo of a cat " * 4])
+        >>> [bool(n > tokenizer.sequence_length) for n in lengths]  # the second one is cut
+        [False, True]
+        """
+        texts = self.normalize(tf.convert_to_tensor(inputs, tf.string))
+        return self._live_sentence_piece().tokenize(texts).row_lengths() + 1
+
     def _live_sentence_piece(self):
         """The tensorflow-text tokenizer, rebuilt if its resource was freed.
 
