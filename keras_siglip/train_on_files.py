@@ -74,6 +74,11 @@ def build(config):
     tokenizer = preprocessor = None
     if config["preset"]:
         model, tokenizer, preprocessor = presets.load_preset(config["preset"])
+        if getattr(model.image_encoder, "input_keys", None):
+            raise ValueError(
+                f"--preset={config['preset']} is a NaFlex model ({', '.join(model.image_encoder.input_keys)} "
+                "inputs): the main job's file readers make fixed-size images only. Fine-tune it with fit on "
+                "NaFlexImagePreprocessor outputs (see the README's SigLIP 2 section), or pick a FixRes preset.")
     else:
         if config["image_size"] is None:
             raise ValueError("--train_data without --preset needs --image_size.")

@@ -113,3 +113,18 @@ def test_a_process_of_a_multi_host_job_feeds_its_share_and_leaves_the_shared_fil
     assert sorted(os.listdir(tmp_path / "run")) == ["data_position.1-of-2.json"]
     with pytest.raises(ValueError, match="--batch_size=9 must be divisible by 2 processes"):
         train.run(dict(config, batch_size=9, workdir=str(tmp_path / "odd")))
+
+
+def test_a_naflex_preset_is_refused_by_the_file_readers_with_what_to_do_instead(data, tmp_path):
+    from keras_siglip import SigLIP
+    from keras_siglip.models.siglip.naflex_image_encoder import NaFlexImageEncoder
+    from keras_siglip.models.siglip.naflex_image_preprocessor import NaFlexImagePreprocessor
+    from keras_siglip.models.siglip.towers import TextEncoder
+
+    model = SigLIP(NaFlexImageEncoder.from_variant("tiny", patch_size=4, position_grid_size=4),
+                   TextEncoder.from_variant("tiny", vocabulary_size=64, sequence_length=8))
+    model.save_to_preset(str(tmp_path / "naflex"), image_converter=NaFlexImagePreprocessor(4, 16))
+    config = train.default_config(**dict(TINY, preset=str(tmp_path / "naflex"), steps=2,
+                                         train_data=str(data / "train.csv"), workdir=str(tmp_path / "run")))
+    with pytest.raises(ValueError, match="is a NaFlex model .*pixel_values.*fixed-size images only"):
+        train.run(config)
