@@ -5,8 +5,8 @@
 # Extra arguments go to every pytest run.
 #
 # The runs are single-threaded for the most part (tracing and compiling tiny
-# models), so they go in two lanes at once, of about equal length: JAX in one;
-# TensorFlow, PyTorch and the multi-device run in the other. Each lane's output
+# models), so they go in two lanes at once, of about equal length: JAX and the
+# multi-device run in one; TensorFlow and PyTorch in the other. Each lane's output
 # is printed when it ends.
 # TEST_LANES=1 runs everything in one lane, in order.
 set -uo pipefail
@@ -32,14 +32,16 @@ multi_device_run() {
 }
 
 lane_jax() {
-  backend_run jax "$@"
+  local status=0
+  backend_run jax "$@" || status=1
+  multi_device_run "$@" || status=1
+  return $status
 }
 
 lane_tensorflow_torch() {
   local status=0
   backend_run tensorflow "$@" || status=1
   backend_run torch "$@" || status=1
-  multi_device_run "$@" || status=1
   return $status
 }
 
