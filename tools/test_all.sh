@@ -5,8 +5,8 @@
 # Extra arguments go to every pytest run.
 #
 # The runs are single-threaded for the most part (tracing and compiling tiny
-# models), so they go in two lanes at once, of about equal length: JAX and the
-# multi-device run in one; TensorFlow and PyTorch in the other. Each lane's output
+# models), so they go in two lanes at once, of about equal length: JAX, the
+# multi-device run and PyTorch in one; TensorFlow in the other. Each lane's output
 # is printed when it ends.
 # TEST_LANES=1 runs everything in one lane, in order.
 set -uo pipefail
@@ -31,34 +31,32 @@ multi_device_run() {
   return $rc
 }
 
-lane_jax() {
+lane_jax_torch() {
   local status=0
   backend_run jax "$@" || status=1
   multi_device_run "$@" || status=1
+  backend_run torch "$@" || status=1
   return $status
 }
 
-lane_tensorflow_torch() {
-  local status=0
-  backend_run tensorflow "$@" || status=1
-  backend_run torch "$@" || status=1
-  return $status
+lane_tensorflow() {
+  backend_run tensorflow "$@"
 }
 
 status=0
 start=$SECONDS
 if [ "${TEST_LANES:-2}" = 1 ]; then
-  lane_jax "$@" || status=1
-  lane_tensorflow_torch "$@" || status=1
+  lane_jax_torch "$@" || status=1
+  lane_tensorflow "$@" || status=1
 else
-  lane_jax "$@" >"$logs/jax.log" 2>&1 &
-  jax=$!
-  lane_tensorflow_torch "$@" >"$logs/tensorflow_torch.log" 2>&1 &
-  tensorflow_torch=$!
-  wait $jax || status=1
-  cat "$logs/jax.log"
-  wait $tensorflow_torch || status=1
-  cat "$logs/tensorflow_torch.log"
+  lane_jax_torch "$@" >"$logs/jax_torch.log" 2>&1 &
+  jax_torch=$!
+  lane_tensorflow "$@" >"$logs/tensorflow.log" 2>&1 &
+  tensorflow=$!
+  wait $jax_torch || status=1
+  cat "$logs/jax_torch.log"
+  wait $tensorflow || status=1
+  cat "$logs/tensorflow.log"
 fi
 echo "=== whole suite: $((SECONDS - start)) s, $([ $status -eq 0 ] && echo passed || echo FAILED)"
 exit $status
