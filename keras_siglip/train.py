@@ -232,6 +232,12 @@ def read_loss_log(path):
         return [(int(s), float(v)) for s, v in (line.strip().split(",") for line in f if line.strip())]
 
 
+def pair_probabilities(model, image_embeddings, text_embeddings):
+    """`sigmoid(t * img @ txt + b)` as NumPy: the plot's matrix of how likely each image and caption pair up."""
+    logits = np.asarray(keras.ops.convert_to_numpy(model.similarity(image_embeddings, text_embeddings)))
+    return 1 / (1 + np.exp(-logits))
+
+
 def plot(path, losses, similarity, captions, title):
     """Loss curve beside the sigmoid(similarity) matrix of a held-out batch."""
     import matplotlib
@@ -368,11 +374,8 @@ def run(config):
     per_class = max(12 // len(classes), 1)
     sample = [int(i) for label in classes for i in np.flatnonzero(test.labels == label)[:per_class]][:12]
     captions = [test.captions_of(i)[0] for i in sample]
-    similarity = model.similarity(
-        evaluation.encode_images(model, test.images[sample]),
-        evaluation.encode_texts(model, tokenizer, captions),
-    )
-    similarity = 1 / (1 + np.exp(-np.asarray(keras.ops.convert_to_numpy(similarity))))
+    similarity = pair_probabilities(model, evaluation.encode_images(model, test.images[sample]),
+                                    evaluation.encode_texts(model, tokenizer, captions))
     top1 = np.mean([r["top1"] for r in results["zero_shot"].values()])
     plot(
         str(workdir / "main_job.png"),

@@ -389,8 +389,8 @@ def held_out_similarity(model, val, count=12):
         count: int, pairs to show.
     """
     images, token_ids = val["images"][:count], val["token_ids"][:count]
-    logits = model.similarity(evaluation.encode_images(model, images), evaluation.encode_token_ids(model, token_ids))
-    similarity = 1 / (1 + np.exp(-np.asarray(keras.ops.convert_to_numpy(logits))))
+    similarity = train.pair_probabilities(model, evaluation.encode_images(model, images),
+                                          evaluation.encode_token_ids(model, token_ids))
     captions = [bytes(c).decode("utf-8", "replace")[:40] for c in val["captions"][:count]]
     return similarity, captions
 

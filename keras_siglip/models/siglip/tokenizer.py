@@ -186,13 +186,8 @@ class SigLIPTokenizer(SentencePieceTokenizer):
             inputs: a 1-D batch of strings (a list or a string tensor).
 
         Example:
-        >>> import io, sentencepiece
-        >>> model = io.BytesIO()
-        >>> sentencepiece.SentencePieceTrainer.train(
-        ...     sentence_iterator=iter(["a photo of a cat", "a photo of a dog"] * 50),
-        ...     model_writer=model, vocab_size=14, pad_id=0, eos_id=1, unk_id=2,
-        ...     bos_id=-1, minloglevel=2)
-        >>> tokenizer = SigLIPTokenizer(model.getvalue(), sequence_length=8)
+        >>> from keras_siglip.data import EMBEDDED_VOCABULARY
+        >>> tokenizer = SigLIPTokenizer(str(EMBEDDED_VOCABULARY), sequence_length=8)
         >>> lengths = tokenizer.untruncated_lengths(["a cat", "a photo of a cat " * 4])
         >>> [bool(n > tokenizer.sequence_length) for n in lengths]  # the second one is cut
         [False, True]
