@@ -10,6 +10,7 @@ equal scores 0, never a lucky index order.
 import keras
 import numpy as np
 
+from keras_siglip.models.siglip.naflex_image_encoder import INPUT_KEYS as NAFLEX_KEYS
 from keras_siglip.models.siglip.tower_model import TowerModel
 from keras_siglip.templates import DEFAULT_TEMPLATES
 
@@ -45,12 +46,36 @@ def _encoder(model, kind):
 
 
 def _predict_padded(encoder, inputs, batch_size):
-    """`encoder.predict` on inputs padded to whole batches: one compiled shape for every call."""
-    count = len(inputs)
+    """`encoder.predict` on inputs (an array or a dict of them) padded to whole batches: one compiled shape."""
+    count = count_images(inputs)
     padding = -count % batch_size
     if padding:
-        inputs = np.concatenate([inputs, np.repeat(inputs[-1:], padding, axis=0)])
+        inputs = keras.tree.map_structure(lambda x: np.concatenate([x, np.repeat(x[-1:], padding, axis=0)]), inputs)
     return _to_numpy(encoder.predict(inputs, batch_size=batch_size, verbose=0))[:count]
+
+
+def image_inputs(batch):
+    """A batch dict's images: its `"images"` array, or a SigLIP 2 NaFlex model's three patch inputs as a dict.
+
+    Example:
+    >>> image_inputs({"images": np.zeros((2, 8, 8, 3)), "token_ids": np.zeros((2, 4))}).shape
+    (2, 8, 8, 3)
+    """
+    if "images" in batch:
+        return batch["images"]
+    if all(key in batch for key in NAFLEX_KEYS):
+        return {key: batch[key] for key in NAFLEX_KEYS}
+    raise ValueError(f"A batch needs 'images' (or NaFlex's {', '.join(NAFLEX_KEYS)}); it has {sorted(batch)}.")
+
+
+def count_images(images):
+    """How many images an array (or a dict of NaFlex arrays) holds."""
+    return len(next(iter(images.values()))) if isinstance(images, dict) else len(images)
+
+
+def first_images(images, count):
+    """The first `count` images of an array or a dict of NaFlex arrays."""
+    return {k: v[:count] for k, v in images.items()} if isinstance(images, dict) else images[:count]
 
 
 def _is_dataset(x):
@@ -83,9 +108,9 @@ def images_and_labels(images, labels=None):
     if labels is None and (_is_dataset(images) or not hasattr(images, "shape")):
         collected = collect_batches(images)
         if isinstance(collected, dict):
-            if not {"images", "labels"} <= set(collected):
+            if "labels" not in collected:
                 raise ValueError(f"A labelled dataset needs 'images' and 'labels'; its batches have {sorted(collected)}.")
-            return collected["images"], collected["labels"]
+            return image_inputs(collected), collected["labels"]
         if len(collected) != 2:
             raise ValueError(f"A labelled dataset gives (images, labels) batches; got {len(collected)} parts.")
         return collected
@@ -111,7 +136,8 @@ def pair_retrieval_recall(model, pairs, ks=(1, 5, 10), batch_size=128):
     Args:
         model: a `SigLIP`.
         pairs: a `tf.data.Dataset` of `{"images", "token_ids"}` batches (what
-            the readers give) or a dict of those two arrays.
+            the readers give; NaFlex patch inputs in place of `"images"`) or
+            a dict of those arrays.
         ks: the k values.
         batch_size: int, for encoding.
 
@@ -123,13 +149,13 @@ def pair_retrieval_recall(model, pairs, ks=(1, 5, 10), batch_size=128):
     ...                                            training=False, drop_remainder=False))  # doctest: +SKIP
     """
     if not isinstance(pairs, dict):
-        pairs = collect_batches(pairs, keys=["images", "token_ids"])
+        pairs = collect_batches(pairs)
     token_ids = np.asarray(pairs["token_ids"])
     _, text_of = np.unique(token_ids, axis=0, return_inverse=True)
     text_of = np.asarray(text_of).reshape(-1)
     relevance = text_of[:, None] == text_of[None, :]
     recall = retrieval_recall(
-        encode_images(model, pairs["images"], batch_size),
+        encode_images(model, image_inputs(pairs), batch_size),
         encode_token_ids(model, token_ids, batch_size),
         relevance=relevance,
         ks=ks,
@@ -144,13 +170,17 @@ def encode_images(model, images, batch_size=128):
     Example:
     >>> embeddings = encode_images(model, images)  # doctest: +SKIP
 
-    `images` may also be a dataset of `{"images", ...}` batches.
+    `images` may also be a dict of NaFlex inputs (`NaFlexImagePreprocessor`'s
+    output), or a dataset of `{"images", ...}` (or NaFlex) batches.
     """
     if _is_dataset(images):
         images = collect_batches(images)
-        images = images["images"] if isinstance(images, dict) else images[0]
-    images = np.asarray(images, "float32")
-    if len(images) == 0:
+        images = image_inputs(images) if isinstance(images, dict) else images[0]
+    if isinstance(images, dict):
+        images = {key: np.asarray(value) for key, value in image_inputs(images).items()}
+    else:
+        images = np.asarray(images, "float32")
+    if count_images(images) == 0:
         raise ValueError("encode_images got no images.")
     return _predict_padded(_encoder(model, "images"), images, batch_size)
 
@@ -357,8 +387,9 @@ class ZeroShotClassifier:
     def evaluate(self, images, labels=None, ks=(1, 5), image_embeddings=None):
         """`{"top1": ..., "top5": ...}` on labelled images, with fresh class embeddings.
 
-        `images` with `labels`, or a `tf.data.Dataset` of `(images, labels)`
-        or `{"images", "labels"}` batches alone.
+        `images` (an array, or a dict of NaFlex inputs) with `labels`, or a
+        `tf.data.Dataset` of `(images, labels)` or `{"images", "labels"}`
+        batches (NaFlex inputs in place of `"images"`) alone.
         """
         if image_embeddings is None:
             images, labels = images_and_labels(images, labels)
@@ -427,9 +458,10 @@ class ZeroShotCallback(_PeriodicEvaluation):
 
     Args:
         classifier: a `ZeroShotClassifier` over the same model.
-        images: float32 images in [-1, 1], or a `tf.data.Dataset` of
-            `(images, labels)` / `{"images", "labels"}` batches (then no
-            `labels`); it is read once, when the callback is made.
+        images: float32 images in [-1, 1] (or a dict of NaFlex inputs), or a
+            `tf.data.Dataset` of `(images, labels)` / `{"images", "labels"}`
+            batches (then no `labels`); it is read once, when the callback
+            is made.
         labels: int class of each image.
         ks: the k values.
         every_n_epochs: int or None.
@@ -450,8 +482,8 @@ class ZeroShotCallback(_PeriodicEvaluation):
                  prefix="zero_shot_"):
         super().__init__(every_n_epochs, every_n_steps, prefix)
         images, labels = images_and_labels(images, labels)
-        if len(images) != len(labels):
-            raise ValueError(f"Got {len(images)} images and {len(labels)} labels.")
+        if count_images(images) != len(labels):
+            raise ValueError(f"Got {count_images(images)} images and {len(labels)} labels.")
         self.classifier = classifier
         self.images = images
         self.labels = np.asarray(labels)
@@ -495,7 +527,7 @@ class RetrievalCallback(_PeriodicEvaluation):
         if (pairs is None) == (images is None or texts is None):
             raise ValueError("Pass either images and texts (with tokenizer), or pairs.")
         if pairs is not None and not isinstance(pairs, dict):
-            pairs = collect_batches(pairs, keys=["images", "token_ids"])
+            pairs = collect_batches(pairs)
         self.pairs = pairs
         self.tokenizer = tokenizer
         self.images = images

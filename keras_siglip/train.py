@@ -92,6 +92,8 @@ SETTINGS = (
     Setting("zero_shot_data", "string", None, "Labelled images (same layouts): the caption is the class name."),
     Setting("tokenizer", "string", None,
             "SentencePiece .model for captions (default: the preset's, else the embedded vocabulary)."),
+    Setting("max_num_patches", "integer", None,
+            "NaFlex presets: patches per image (default: the preset's, e.g. 256); images keep their aspect ratio."),
     Setting("random_resized_crop", "bool", False, "Training augmentation: Inception-style random resized crop."),
     Setting("horizontal_flip", "bool", False, "Training augmentation: random left-right flip."),
     Setting("shuffle_buffer", "integer", 5000, "Samples in the training shuffle buffer."),

@@ -27,6 +27,7 @@ import numpy as np
 
 from keras_siglip import SigLIP, SigmoidLoss, SoftmaxLoss, evaluation, train
 from keras_siglip.callbacks import AtomicWeightsCheckpoint
+from keras_siglip.models.siglip.naflex_image_preprocessor import NaFlexImagePreprocessor
 from keras_siglip.templates import DEFAULT_TEMPLATES
 
 MANIFEST_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".json")
@@ -74,11 +75,6 @@ def build(config):
     tokenizer = preprocessor = None
     if config["preset"]:
         model, tokenizer, preprocessor = presets.load_preset(config["preset"])
-        if getattr(model.image_encoder, "input_keys", None):
-            raise ValueError(
-                f"--preset={config['preset']} is a NaFlex model ({', '.join(model.image_encoder.input_keys)} "
-                "inputs): the main job's file readers make fixed-size images only. Fine-tune it with fit on "
-                "NaFlexImagePreprocessor outputs (see the README's SigLIP 2 section), or pick a FixRes preset.")
     else:
         if config["image_size"] is None:
             raise ValueError("--train_data without --preset needs --image_size.")
@@ -89,6 +85,12 @@ def build(config):
         tokenizer = train._tokenizer(model.text_encoder.sequence_length, config["tokenizer"])
     if tokenizer is None:
         raise ValueError(f"Preset {config['preset']!r} has no tokenizer: pass --tokenizer=path/to/spiece.model.")
+    if config["max_num_patches"] is not None:
+        if not isinstance(preprocessor, NaFlexImagePreprocessor):
+            raise ValueError("--max_num_patches is for NaFlex presets; this model takes fixed-size images "
+                             f"({model.image_encoder.image_size} px).")
+        preprocessor = NaFlexImagePreprocessor.from_config(
+            dict(preprocessor.get_config(), max_num_patches=config["max_num_patches"]))
     if preprocessor is None:
         preprocessor = SigLIPImagePreprocessor(model.image_encoder.image_size)
     if config["lock_image_tower"] and not model.lock_image_tower:
@@ -101,9 +103,15 @@ def build(config):
 
 
 def training_preprocessor(preprocessor, config):
-    """The evaluation preprocessor with the augmentation flags switched on."""
+    """The evaluation preprocessor with the augmentation flags switched on (NaFlex: refused, it has none)."""
     from keras_siglip import SigLIPImagePreprocessor
 
+    if isinstance(preprocessor, NaFlexImagePreprocessor):
+        flags = [f"--{name}" for name in ("random_resized_crop", "horizontal_flip") if config[name]]
+        if flags:
+            raise ValueError(f"{' and '.join(flags)}: a NaFlex preset keeps each image whole at its own aspect "
+                             "ratio, so the main job does not augment its images; drop the flag(s).")
+        return preprocessor
     settings = preprocessor.get_config()
     settings.update(random_resized_crop=config["random_resized_crop"], horizontal_flip=config["horizontal_flip"])
     return SigLIPImagePreprocessor.from_config(settings)
@@ -251,7 +259,7 @@ def zero_shot_set(config, tokenizer, preprocessor):
     unknown = sorted(set(captions) - set(index))
     if unknown:
         raise ValueError(f"--zero_shot_data has classes not in {config['zero_shot_classes']}: {unknown[:5]}.")
-    return names, templates, data["images"], np.array([index[c] for c in captions])
+    return names, templates, evaluation.image_inputs(data), np.array([index[c] for c in captions])
 
 
 def run(config):
@@ -308,8 +316,7 @@ def _train_and_report(config):
     if config["val_data"]:
         val = evaluation.collect_batches(read_data(config["val_data"], config, tokenizer, preprocessor, 64,
                                                    training=False, drop_remainder=False, shard=(0, 1),
-                                                   with_captions=True),
-                                         keys=["images", "token_ids", "captions"])
+                                                   with_captions=True))
     zero_shot = zero_shot_set(config, tokenizer, preprocessor)
 
     with scope():
@@ -385,10 +392,10 @@ def held_out_similarity(model, val, count=12):
 
     Args:
         model: the trained `SigLIP`.
-        val: `{"images", "token_ids", "captions"}` arrays.
+        val: `{"images" (or NaFlex's patch inputs), "token_ids", "captions"}` arrays.
         count: int, pairs to show.
     """
-    images, token_ids = val["images"][:count], val["token_ids"][:count]
+    images, token_ids = evaluation.first_images(evaluation.image_inputs(val), count), val["token_ids"][:count]
     similarity = train.pair_probabilities(model, evaluation.encode_images(model, images),
                                           evaluation.encode_token_ids(model, token_ids))
     captions = [bytes(c).decode("utf-8", "replace")[:40] for c in val["captions"][:count]]

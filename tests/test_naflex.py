@@ -395,3 +395,44 @@ def test_export_to_big_vision_writes_the_npz_big_vision_holds(checkpoint, tmp_pa
 def test_a_naflex_model_is_refused_by_keras_hub_export(checkpoint, tmp_path):
     with pytest.raises(ValueError, match="keras-hub has no NaFlex"):
         keras_siglip.export(SigLIP.from_preset(checkpoint[0]), str(tmp_path / "kh"), format="keras_hub")
+
+
+def test_the_readers_give_transformers_patches_of_jpeg_and_png_files_and_skip_a_broken_one(tmp_path):
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from keras_siglip import SigLIPTokenizer
+    from keras_siglip.data import EMBEDDED_VOCABULARY, read_tar_shards
+
+    members, files = [], []
+    for i, image in enumerate(raw_images()):
+        kind = ("JPEG", "jpg") if i % 2 == 0 else ("PNG", "png")
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format=kind[0], quality=90)
+        files.append(buffer.getvalue())
+        members += [(f"{i:03d}.{kind[1]}", files[-1]), (f"{i:03d}.txt", f"a picture number {i}".encode())]
+        if i == 2:
+            members += [("002b.jpg", b"not a jpeg at all"), ("002b.txt", b"broken")]
+    with tarfile.open(tmp_path / "00000.tar", "w") as archive:
+        for name, content in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+    tokenizer = SigLIPTokenizer(str(EMBEDDED_VOCABULARY), sequence_length=LENGTH)
+    preprocessor = NaFlexImagePreprocessor(PATCH, MAX_PATCHES)
+    dataset = read_tar_shards(str(tmp_path / "{00000..00000}.tar"), tokenizer, preprocessor, 2, training=False,
+                              drop_remainder=False)
+    batches = list(dataset.as_numpy_iterator())
+    ours = {key: np.concatenate([b[key] for b in batches]) for key in batches[0]}
+    assert sorted(ours) == ["pixel_attention_mask", "pixel_values", "spatial_shapes", "token_ids"]
+    # transformers' processor on the same files as PIL opens them.
+    opened = [np.asarray(Image.open(io.BytesIO(data)).convert("RGB")) for data in files]
+    theirs = transformers.Siglip2ImageProcessorPil(patch_size=PATCH, max_num_patches=MAX_PATCHES)(
+        images=opened, return_tensors="np")
+    for key in ("pixel_values", "pixel_attention_mask", "spatial_shapes"):
+        np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
+    np.testing.assert_array_equal(ours["token_ids"], keras.ops.convert_to_numpy(
+        tokenizer([f"a picture number {i}" for i in range(len(SIZES))])))
+    assert dataset.skipped_images.count == 1 and "002b" in dataset.skipped_images.names[0]

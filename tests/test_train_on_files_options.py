@@ -115,16 +115,37 @@ def test_a_process_of_a_multi_host_job_feeds_its_share_and_leaves_the_shared_fil
         train.run(dict(config, batch_size=9, workdir=str(tmp_path / "odd")))
 
 
-def test_a_naflex_preset_is_refused_by_the_file_readers_with_what_to_do_instead(data, tmp_path):
-    from keras_siglip import SigLIP
+def test_a_naflex_preset_fine_tunes_on_tar_shards_with_retrieval_and_zero_shot(data, tmp_path):
+    from keras_siglip import SigLIP, SigLIPTokenizer
+    from keras_siglip.data import EMBEDDED_VOCABULARY
     from keras_siglip.models.siglip.naflex_image_encoder import NaFlexImageEncoder
     from keras_siglip.models.siglip.naflex_image_preprocessor import NaFlexImagePreprocessor
     from keras_siglip.models.siglip.towers import TextEncoder
 
+    tokenizer = SigLIPTokenizer(str(EMBEDDED_VOCABULARY), sequence_length=8)
     model = SigLIP(NaFlexImageEncoder.from_variant("tiny", patch_size=4, position_grid_size=4),
-                   TextEncoder.from_variant("tiny", vocabulary_size=64, sequence_length=8))
-    model.save_to_preset(str(tmp_path / "naflex"), image_converter=NaFlexImagePreprocessor(4, 16))
-    config = train.default_config(**dict(TINY, preset=str(tmp_path / "naflex"), steps=2,
-                                         train_data=str(data / "train.csv"), workdir=str(tmp_path / "run")))
-    with pytest.raises(ValueError, match="is a NaFlex model .*pixel_values.*fixed-size images only"):
-        train.run(config)
+                   TextEncoder.from_variant("tiny", vocabulary_size=tokenizer.vocabulary_size(), sequence_length=8))
+    model.save_to_preset(str(tmp_path / "naflex"), tokenizer=tokenizer,
+                         image_converter=NaFlexImagePreprocessor(4, 16))
+    (tmp_path / "classes.txt").write_text("\n".join(COLORS) + "\n")
+    with open(tmp_path / "labelled.csv", "w", newline="") as file:
+        csv.writer(file).writerows([("image", "caption")] + [(f"{i:04d}.jpg", COLORS[i % 6]) for i in range(12)])
+    config = train.default_config(**dict(
+        TINY, preset=str(tmp_path / "naflex"), steps=2, max_num_patches=12, train_data=str(data / "{00000..00003}.tar"),
+        val_data=str(data / "train.csv"), zero_shot_classes=str(tmp_path / "classes.txt"),
+        zero_shot_data=str(tmp_path / "labelled.csv"), image_root=str(data), workdir=str(tmp_path / "run")))
+    results = train.run(config)
+    assert results["retrieval"]["pairs"] == 48 and 0.0 <= results["retrieval"]["image_to_text"][1] <= 1.0
+    assert results["zero_shot"]["examples"] == 12
+    assert np.isfinite(train.read_loss_log(str(tmp_path / "run" / "loss.csv"))[-1][-1])
+    tuned, _, preprocessor = presets.load_preset(str(tmp_path / "run" / "preset"))
+    assert isinstance(tuned.image_encoder, NaFlexImageEncoder)
+    assert (preprocessor.patch_size, preprocessor.max_num_patches) == (4, 12)
+    assert_some_differ([np.asarray(w) for w in tuned.image_encoder.get_weights()],
+                       [np.asarray(w) for w in model.image_encoder.get_weights()])
+
+    with pytest.raises(ValueError, match="--horizontal_flip: a NaFlex preset keeps each image whole"):
+        train.run(dict(config, horizontal_flip=True, workdir=str(tmp_path / "flip")))
+    with pytest.raises(ValueError, match="--max_num_patches is for NaFlex presets"):
+        train.run(train.default_config(**TINY, max_num_patches=12, train_data=str(data / "train.csv"),
+                                       workdir=str(tmp_path / "fixres")))

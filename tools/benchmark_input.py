@@ -5,7 +5,9 @@ photos in size: `--source-size` px, quality 90, as img2dataset stores them) in
 all three layouts the readers take, then times each reader at the model
 resolution (`--image-size`, 224) with 64-token captions, in evaluation mode
 (decode, resize, scale) and in training mode (random resized crop and flip,
-shuffling), with tf.data allowed 1 thread and all cores. Prints a Markdown
+shuffling), and with `--modes=naflex` through a SigLIP 2 `NaFlexImagePreprocessor`
+(patch 16, `--max-num-patches` 256: aspect ratio kept, resized and cut into
+patches by PIL in a `tf.numpy_function`), with tf.data allowed 1 thread and all cores. Prints a Markdown
 table with the wall-clock rate and the images per CPU-second (CPU time of all
 threads: on a machine shared with other jobs, the cost of the work itself).
 Decoding and resizing run in TensorFlow's C++ threads, so the rate grows
@@ -29,7 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_siglip import SigLIPImagePreprocessor, SigLIPTokenizer  # noqa: E402
+from keras_siglip import NaFlexImagePreprocessor, SigLIPImagePreprocessor, SigLIPTokenizer  # noqa: E402
 from keras_siglip.data import read_manifest, read_tar_shards, read_tfrecords  # noqa: E402
 
 WORDS = "a photo of the small large red green blue cat dog bird car tree house on in with next to street beach".split()
@@ -95,7 +97,7 @@ def images_per_second(dataset, batch_size, min_images, threads):
     start, cpu_start = time.perf_counter(), cpu_seconds()
     for _ in range(steps):
         batch = next(iterator)
-    batch["images"].numpy()
+    next(iter(batch.values())).numpy()
     images = steps * batch_size
     return images / (time.perf_counter() - start), images / (cpu_seconds() - cpu_start)
 
@@ -115,6 +117,8 @@ def main():
     parser.add_argument("--measure", type=int, default=2048, help="images timed per configuration")
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--layouts", default="tar,tfrecord,csv")
+    parser.add_argument("--modes", default="eval,train", help="eval, train and/or naflex")
+    parser.add_argument("--max-num-patches", type=int, default=256, help="patches per image in naflex mode")
     args = parser.parse_args()
 
     cores = os.cpu_count()
@@ -132,11 +136,11 @@ def main():
               f"{cores} idle cores (projected) |")
         print("|---|---|---|---|---|---|")
         for layout in args.layouts.split(","):
-            for mode in ("eval", "train"):
+            for mode in args.modes.split(","):
                 training = mode == "train"
                 preprocessor = SigLIPImagePreprocessor(
                     args.image_size, random_resized_crop=training, horizontal_flip=training
-                )
+                ) if mode != "naflex" else NaFlexImagePreprocessor(16, args.max_num_patches)
                 for threads in (1, None):
                     dataset = readers[layout](
                         tokenizer=tokenizer, image_preprocessor=preprocessor, batch_size=args.batch_size,

@@ -13,7 +13,10 @@ Every reader gives each host its own shard of the files (or rows), shuffles
 skips any image that cannot be read or decoded (counted in a `SkippedImages`
 report and announced with a warning that names the first few), tokenises the
 captions of each batch (counting those cut to the text tower's length),
-batches with `drop_remainder` and prefetches. The result feeds `SigLIP.fit`
+batches with `drop_remainder` and prefetches (with a `NaFlexImagePreprocessor`,
+for SigLIP 2 NaFlex, each image keeps its aspect ratio and the batches carry
+its `pixel_values`, `pixel_attention_mask` and `spatial_shapes` in place of
+`images`). The result feeds `SigLIP.fit`
 on JAX, TensorFlow and PyTorch alike, and is the same on each: with a `seed`
 the stream is deterministic, and `start_position` resumes it exactly.
 
@@ -36,6 +39,8 @@ from google.protobuf.message import DecodeError
 
 from keras_siglip import backend
 from keras_siglip.extras import require
+from keras_siglip.models.siglip.naflex_image_encoder import INPUT_KEYS
+from keras_siglip.models.siglip.naflex_image_preprocessor import NaFlexImagePreprocessor
 
 tf = require("tensorflow", purpose="keras_siglip.data.readers")
 
@@ -105,7 +110,8 @@ def read_manifest(path, tokenizer, image_preprocessor, batch_size, *, image_root
     Args:
         path: the manifest; `.csv`, `.tsv` or `.jsonl`/`.json` (one object per line).
         tokenizer: a `SigLIPTokenizer` (or any callable on a batch of strings).
-        image_preprocessor: a `SigLIPImagePreprocessor`.
+        image_preprocessor: a `SigLIPImagePreprocessor`, or a
+            `NaFlexImagePreprocessor` (see `make_pipeline`).
         batch_size: int. Pairs per batch.
         image_root: folder that relative image paths start from; default the
             manifest's folder.
@@ -120,7 +126,8 @@ def read_manifest(path, tokenizer, image_preprocessor, batch_size, *, image_root
             stream never runs out).
 
     Returns:
-        A `tf.data.Dataset` of `{"images": float32 (B, S, S, 3), "token_ids": int32 (B, L)}`.
+        A `tf.data.Dataset` of `{"images": float32 (B, S, S, 3), "token_ids": int32 (B, L)}`
+        (NaFlex: the preprocessor's three patch inputs instead of `"images"`).
 
     Example:
     >>> ds = read_manifest("pairs.csv", tokenizer, SigLIPImagePreprocessor(224), 256)  # doctest: +SKIP
@@ -606,7 +613,10 @@ def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training
         source: a `tf.data.Dataset` of `{"name", "image", "caption"}` strings,
             `image` holding encoded bytes (or a file path with `image_is_path`).
         tokenizer: callable on a batch of strings returning `(B, L)` ids.
-        image_preprocessor: a `SigLIPImagePreprocessor`.
+        image_preprocessor: a `SigLIPImagePreprocessor` (fixed-size
+            `"images"`), or a `NaFlexImagePreprocessor` (`"pixel_values"`,
+            `"pixel_attention_mask"` and `"spatial_shapes"` instead, for a
+            SigLIP 2 NaFlex model; no augmentation).
         batch_size: int.
         training: bool. Shuffle and augment (as the preprocessor is configured).
         shuffle_buffer: int. Samples in the shuffle buffer (0: no shuffle).
@@ -641,9 +651,11 @@ def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training
             source is reshuffled and re-augmented at each iteration (epoch).
 
     Returns:
-        A `tf.data.Dataset` of `{"images", "token_ids"}` batches, with the
-        attributes `skipped_images` (a `SkippedImages`) and `captions` (a
-        `CaptionCounter` of truncated captions).
+        A `tf.data.Dataset` of `{"images", "token_ids"}` batches (NaFlex:
+        `{"pixel_values", "pixel_attention_mask", "spatial_shapes",
+        "token_ids"}`), with the attributes `skipped_images` (a
+        `SkippedImages`) and `captions` (a `CaptionCounter` of truncated
+        captions).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int; got {batch_size!r}.")
@@ -652,15 +664,17 @@ def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training
         raise ValueError("deterministic=True needs a `seed` when training (for shuffling and augmentation).")
     skipped = SkippedImages() if skipped is None else skipped
     captions = CaptionCounter()
-    augment = training and image_preprocessor.augments
-    size = tuple(image_preprocessor.image_size)
+    if isinstance(image_preprocessor, NaFlexImagePreprocessor):
+        pixels = _NaFlexPatches(image_preprocessor)
+    else:
+        pixels = _FixedSizeImages(image_preprocessor, training and image_preprocessor.augments, exact_resize)
 
     if training and shuffle_buffer:
         source = source.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=not endless)
     # Every sample carries its position in the stream, and its augmentation seeds are drawn
     # beside it, before any skip: a resumed stream gets the samples and seeds it would have had.
     source = source.enumerate()
-    if augment:
+    if pixels.augment:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=not endless)
         source = tf.data.Dataset.zip((source, seeds.batch(2)))
     else:
@@ -679,20 +693,11 @@ def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training
 
     def load(sample, seed_pair, position):
         encoded = tf.io.read_file(sample["image"]) if image_is_path else sample["image"]
-        if augment:
-            image = image_preprocessor.decode_and_augment(encoded, seed_pair)
-        else:
-            image = image_preprocessor.decode(encoded)
-        if exact_resize:
-            image = image_preprocessor.resize(image)
-        else:
-            image = image_preprocessor.resize_to_uint8(image)
-        return {"images": tf.ensure_shape(image, size + (3,)), "caption": sample["caption"], "position": position,
-                "index": sample["index"]}
+        return dict(pixels.load(encoded, seed_pair), caption=sample["caption"], position=position,
+                    index=sample["index"])
 
-    pixel_dtype = tf.float32 if exact_resize else tf.uint8
-    nothing_loaded = {"images": tf.zeros((0,) + size + (3,), pixel_dtype), "caption": tf.zeros([0], tf.string),
-                      "position": tf.zeros([0], tf.int32), "index": tf.zeros([0], tf.int64)}
+    nothing_loaded = dict(pixels.nothing_loaded(), caption=tf.zeros([0], tf.string),
+                          position=tf.zeros([0], tf.int32), index=tf.zeros([0], tf.int64))
 
     def record_failures(names):
         for name in names.numpy():
@@ -713,8 +718,7 @@ def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training
             reported = tf.cond(tf.size(failed) > 0, lambda: tf.py_function(record_failures, [failed], tf.bool),
                                lambda: tf.constant(True))
             with tf.control_dependencies([reported]):
-                return {"images": tf.identity(chunk["images"]), "caption": tf.identity(chunk["caption"]),
-                        "index": tf.identity(chunk["index"])}
+                return {key: tf.identity(chunk[key]) for key in pixels.keys + ("caption", "index")}
 
         return gathered.map(report_failures).unbatch()
 
@@ -735,7 +739,6 @@ def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training
         return True
 
     def to_inputs(batch_number, batch):
-        # Scaling to [-1, 1] is one vectorised op per batch rather than one per image.
         done = []
         counts = _caption_token_counts(tokenizer, batch["caption"]) if sequence_length else None
         if counts is not None:
@@ -745,8 +748,7 @@ def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training
             end = tf.reduce_max(batch["index"]) + 1
             done.append(tf.py_function(record_position, [batch_number, end, start_of()], tf.bool))
         with tf.control_dependencies(done):
-            inputs = {"images": image_preprocessor.scale_pixels(batch["images"]),
-                      "token_ids": tf.identity(tokenizer(batch["caption"]))}
+            inputs = dict(pixels.batch_inputs(batch), token_ids=tf.identity(tokenizer(batch["caption"])))
         if with_captions:
             inputs["captions"] = batch["caption"]
         return inputs
@@ -759,3 +761,71 @@ def make_pipeline(source, tokenizer, image_preprocessor, batch_size, *, training
     dataset.skipped_images = skipped
     dataset.captions = captions
     return dataset
+
+
+class _FixedSizeImages:
+    """`SigLIPImagePreprocessor` images: decoded, augmented when training, resized to `(S, S)`.
+
+    They travel as uint8 (unless `exact_resize`) and are scaled to [-1, 1]
+    once per batch: one vectorised op rather than one per image, and a
+    quarter of the memory traffic of float32 pixels.
+    """
+
+    keys = ("images",)
+
+    def __init__(self, preprocessor, augment, exact_resize):
+        self.preprocessor, self.augment, self.exact_resize = preprocessor, augment, exact_resize
+        self.size = tuple(preprocessor.image_size) + (3,)
+
+    @tf.autograph.experimental.do_not_convert  # plain TensorFlow ops: nothing for AutoGraph to convert
+    def load(self, encoded, seed_pair):
+        if self.augment:
+            image = self.preprocessor.decode_and_augment(encoded, seed_pair)
+        else:
+            image = self.preprocessor.decode(encoded)
+        resize = self.preprocessor.resize if self.exact_resize else self.preprocessor.resize_to_uint8
+        return {"images": tf.ensure_shape(resize(image), self.size)}
+
+    def nothing_loaded(self):
+        return {"images": tf.zeros((0,) + self.size, tf.float32 if self.exact_resize else tf.uint8)}
+
+    def batch_inputs(self, batch):
+        return {"images": self.preprocessor.scale_pixels(batch["images"])}
+
+
+class _NaFlexPatches:
+    """`NaFlexImagePreprocessor` patches: each image decoded, then resized and cut by the preprocessor itself.
+
+    JPEGs are decoded with the accurate integer DCT, which gives PIL's
+    pixels exactly, so a batch equals transformers' `Siglip2ImageProcessor`
+    on the same files opened with PIL. No augmentation: NaFlex keeps each
+    image's aspect ratio, which a random resized crop would change.
+    """
+
+    keys = INPUT_KEYS
+    augment = False
+
+    def __init__(self, preprocessor):
+        self.preprocessor = preprocessor
+        self.count, self.patch_dim = preprocessor.max_num_patches, 3 * preprocessor.patch_size**2
+
+    @tf.autograph.experimental.do_not_convert  # plain TensorFlow ops: nothing for AutoGraph to convert
+    def load(self, encoded, seed_pair):
+        image = tf.cond(
+            tf.io.is_jpeg(encoded),
+            lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
+            lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False),
+        )
+        values, mask, shape = tf.numpy_function(self.preprocessor.padded_patches, [image],
+                                                [tf.float32, tf.int32, tf.int32], stateful=False)
+        return {"pixel_values": tf.ensure_shape(values, (self.count, self.patch_dim)),
+                "pixel_attention_mask": tf.ensure_shape(mask, (self.count,)),
+                "spatial_shapes": tf.ensure_shape(shape, (2,))}
+
+    def nothing_loaded(self):
+        return {"pixel_values": tf.zeros((0, self.count, self.patch_dim), tf.float32),
+                "pixel_attention_mask": tf.zeros((0, self.count), tf.int32),
+                "spatial_shapes": tf.zeros((0, 2), tf.int32)}
+
+    def batch_inputs(self, batch):
+        return {key: batch[key] for key in self.keys}

@@ -117,19 +117,27 @@ class NaFlexImagePreprocessor:
         patches = pixels.reshape(h, p, w, p, 3).transpose(0, 2, 1, 3, 4).reshape(h * w, p * p * 3)
         return patches, (h, w)
 
+    def padded_patches(self, image, max_num_patches=None):
+        """One uint8 `(H, W, 3)` image's `(pixel_values (N, 3p^2), pixel_attention_mask (N,), spatial_shapes (2,))`.
+
+        What `__call__` gives for each image of a batch; the readers call it
+        per decoded image.
+        """
+        count = self.max_num_patches if max_num_patches is None else max_num_patches
+        patches, shape = self.patches(image, count)
+        values = np.zeros((count, 3 * self.patch_size**2), np.float32)
+        values[: len(patches)] = patches
+        mask = np.zeros((count,), np.int32)
+        mask[: len(patches)] = 1
+        return values, mask, np.asarray(shape, np.int32)
+
     def __call__(self, images, max_num_patches=None):
         count = self.max_num_patches if max_num_patches is None else max_num_patches
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise ValueError(f"`max_num_patches` must be a positive int; got {count!r}.")
-        images = _as_images(images)
-        values = np.zeros((len(images), count, 3 * self.patch_size**2), np.float32)
-        mask = np.zeros((len(images), count), np.int32)
-        shapes = np.zeros((len(images), 2), np.int32)
-        for i, image in enumerate(images):
-            patches, shapes[i] = self.patches(image, count)
-            values[i, : len(patches)] = patches
-            mask[i, : len(patches)] = 1
-        return {"pixel_values": values, "pixel_attention_mask": mask, "spatial_shapes": shapes}
+        values, mask, shapes = zip(*(self.padded_patches(image, count) for image in _as_images(images)))
+        return {"pixel_values": np.stack(values), "pixel_attention_mask": np.stack(mask),
+                "spatial_shapes": np.stack(shapes)}
 
     def save_to_preset(self, preset_dir):
         """Writes `preprocessor_config.json` (transformers' `Siglip2ImageProcessor` format) to `preset_dir`.
