@@ -264,3 +264,16 @@ def test_val_prefixed_callbacks_log_to_the_validation_run(tmp_path):
                     written.setdefault(run, set()).add(value.tag)
     assert {"epoch_retrieval_i2t_r1", "epoch_loss"} <= written["validation"]
     assert not any("retrieval" in tag for tag in written["train"])
+
+
+@pytest.mark.backend_independent
+def test_image_inputs_take_fixed_size_images_or_the_three_naflex_inputs_and_name_what_is_missing():
+    naflex = {"pixel_values": np.zeros((3, 4, 12)), "pixel_attention_mask": np.ones((3, 4)),
+              "spatial_shapes": np.ones((3, 2)), "token_ids": np.zeros((3, 5))}
+    images = evaluation.image_inputs(naflex)
+    assert sorted(images) == ["pixel_attention_mask", "pixel_values", "spatial_shapes"]
+    assert evaluation.count_images(images) == 3
+    assert evaluation.first_images(images, 2)["pixel_values"].shape == (2, 4, 12)
+    with pytest.raises(ValueError, match=r"needs 'images' \(or NaFlex's .*spatial_shapes\); it has "
+                                         r"\['pixel_values', 'token_ids'\]"):
+        evaluation.image_inputs({"pixel_values": naflex["pixel_values"], "token_ids": naflex["token_ids"]})
