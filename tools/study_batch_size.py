@@ -54,6 +54,7 @@ flags.DEFINE_integer("patch_size", 8, "ViT patch side (32 px images).")
 flags.DEFINE_integer("curve_points", 8, "Test evaluations along each run of the batch and SigLiT studies.")
 flags.DEFINE_string("results", "tools/results/study_batch_size.jsonl", "One JSON line per finished run.")
 flags.DEFINE_string("plots", "docs", "Folder of the PNG plots.")
+flags.DEFINE_string("plot_suffix", "", "Appended to each plot's name (e.g. _160k for a longer budget's plots).")
 flags.DEFINE_bool("report_only", False, "Print the tables and write the plots from --results; train nothing.")
 FLAGS = flags.FLAGS
 
@@ -324,6 +325,8 @@ def report(results):
     sb = FLAGS.study_batch_size
     duplicate_rates(sorted(set(batch_sizes + [32, 128])))
     for study, title in (("batch", "Batch size"), ("siglit", "SigLiT (locked pretrained image tower)")):
+        if study not in FLAGS.parts:
+            continue
         rows = []
         for b in batch_sizes:
             row = [b]
@@ -334,21 +337,24 @@ def report(results):
             rows.append(row)
         print_table(f"{title}: held-out test R@1 (%), mean +/- 95% CI over seeds; then zero-shot top-1 (%)",
                     ["batch", "sigmoid R@1", "softmax R@1", "sigmoid zero-shot", "softmax zero-shot"], rows)
-    rows = []
-    for b, t in BIAS_SETTINGS:
-        s = spec("bias", "sigmoid", sb, 0, b, t)
-        found = select(results, study=s["study"], loss="sigmoid", batch=sb, b=b, t=s["t"], noise="none")
-        rows.append([f"{b:g}", "log 10" if t else "log 1", cell(found), cell(found, "val_r1")])
-    print_table(f"Sigmoid loss initialisation (batch {sb}): R@1 (%)", ["b", "t'", "test R@1", "val R@1"], rows)
-    rows = [["none", 0] + [cell(select(results, study="batch", loss=loss, batch=sb)) for loss in ("sigmoid", "softmax")]]
-    for kind, levels in NOISE_LEVELS.items():
-        for level in levels:
-            rows.append([NOISE_NAMES[kind], level] + [
-                cell(select(results, study="noise", loss=loss, batch=sb, noise=kind, level=level))
-                for loss in ("sigmoid", "softmax")])
-    print_table(f"Noise robustness (batch {sb}): clean held-out test R@1 (%)",
-                ["noise", "level", "sigmoid", "softmax"], rows)
-    missing = [run for run in planned_runs(ALL_PARTS) if key(run) not in results]
+    if "bias" in FLAGS.parts:
+        rows = []
+        for b, t in BIAS_SETTINGS:
+            s = spec("bias", "sigmoid", sb, 0, b, t)
+            found = select(results, study=s["study"], loss="sigmoid", batch=sb, b=b, t=s["t"], noise="none")
+            rows.append([f"{b:g}", "log 10" if t else "log 1", cell(found), cell(found, "val_r1")])
+        print_table(f"Sigmoid loss initialisation (batch {sb}): R@1 (%)", ["b", "t'", "test R@1", "val R@1"], rows)
+    if "noise" in FLAGS.parts:
+        rows = [["none", 0] + [cell(select(results, study="batch", loss=loss, batch=sb))
+                               for loss in ("sigmoid", "softmax")]]
+        for kind, levels in NOISE_LEVELS.items():
+            for level in levels:
+                rows.append([NOISE_NAMES[kind], level] + [
+                    cell(select(results, study="noise", loss=loss, batch=sb, noise=kind, level=level))
+                    for loss in ("sigmoid", "softmax")])
+        print_table(f"Noise robustness (batch {sb}): clean held-out test R@1 (%)",
+                    ["noise", "level", "sigmoid", "softmax"], rows)
+    missing = [run for run in planned_runs(FLAGS.parts) if key(run) not in results]
     seconds = sum(r["seconds"] for r in results.values())
     print(f"\n{len(results)} runs, {seconds / 60:.0f} min of training and evaluation; {len(missing)} planned runs missing.")
     for run in missing:
@@ -374,7 +380,9 @@ def plot(results):
     plt.close(figure)
     batch_sizes = [int(b) for b in FLAGS.batch_sizes]
     colours = {"sigmoid": "tab:blue", "softmax": "tab:orange"}
-    for study, name in (("batch", "study_batch_size.png"), ("siglit", "study_siglit.png")):
+    for study, name in (("batch", "study_batch_size"), ("siglit", "study_siglit")):
+        if study not in FLAGS.parts:
+            continue
         figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
         for loss in ("sigmoid", "softmax"):
             stats = [mean_ci([r["test_r1"] for r in select(results, study=study, loss=loss, batch=b)] or [np.nan])
@@ -398,9 +406,11 @@ def plot(results):
         right.legend(fontsize=7, ncol=2)
         figure.suptitle("Two-object scenes: sigmoid vs softmax" + (", locked image tower" if study == "siglit" else ""))
         figure.tight_layout()
-        figure.savefig(out / name, dpi=100)
+        figure.savefig(out / f"{name}{FLAGS.plot_suffix}.png", dpi=100)
         plt.close(figure)
 
+    if not {"bias", "noise"} & set(FLAGS.parts):
+        return
     sb = FLAGS.study_batch_size
     figure, axes = plt.subplots(1, 4, figsize=(16, 4))
     labels, means, halves = [], [], []
@@ -424,7 +434,7 @@ def plot(results):
         axis.set(xlabel=NOISE_NAMES[kind], ylabel="clean test R@1 (%)", title=f"{kind} noise, batch {sb}")
         axis.legend()
     figure.tight_layout()
-    figure.savefig(out / "study_bias_noise.png", dpi=100)
+    figure.savefig(out / f"study_bias_noise{FLAGS.plot_suffix}.png", dpi=100)
     plt.close(figure)
 
 
