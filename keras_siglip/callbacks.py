@@ -153,7 +153,7 @@ class AtomicWeightsCheckpoint(keras.callbacks.Callback):
         self.path = path
 
     def on_epoch_end(self, epoch, logs=None):
-        with atomic.replaced_file(self.path) as partial:
+        with atomic.replaced_file(self.path) as partial, _no_distribution():
             named = partial + ".weights.h5"  # Keras's save_weights wants the suffix
             try:
                 self.model.save_weights(named)
@@ -161,3 +161,22 @@ class AtomicWeightsCheckpoint(keras.callbacks.Callback):
             finally:
                 if os.path.exists(named):
                     os.remove(named)
+
+
+class _no_distribution:
+    """No `keras.distribution` set while saving, so that one process of a multi-host job can save alone.
+
+    Keras's `save_weights` builds a throwaway `Optimizer` each call (to learn
+    which attributes to skip). Under a distribution its variables are placed
+    across all processes, a step every process must join: a save made by
+    process 0 alone would wait for the others forever.
+    """
+
+    def __enter__(self):
+        self.distribution = keras.distribution.distribution()
+        keras.distribution.set_distribution(None)
+
+    def __exit__(self, *exc):
+        keras.distribution.set_distribution(self.distribution)
+        return False
+

@@ -105,6 +105,10 @@ SETTINGS = (
     Setting("precision", "enum", "float32", "Keras dtype policy.", ("float32", "mixed_bfloat16")),
     Setting("distribution", "enum", "none", "keras.distribution set-up (JAX).", ("none", "data", "model")),
     Setting("mesh", "string", None, "(batch, model) mesh for --distribution=model, e.g. 2,4."),
+    Setting("multi_host", "bool", False,
+            "--train_data on many hosts: join the job first (keras.distribution.initialize; on Cloud TPU from its "
+            "environment, elsewhere from KERAS_DISTRIBUTION_JOB_ADDRESSES, _NUM_PROCESSES and _PROCESS_ID). Every "
+            "host runs the same command with --distribution=data."),
 )
 
 def backup_callback(workdir, suffix=""):

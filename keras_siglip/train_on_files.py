@@ -141,6 +141,20 @@ def check_distribution(config):
         from keras_siglip import distribution
 
         distribution.require_jax(f"--distribution={config['distribution']}")
+    if config["multi_host"] and config["distribution"] != "data":
+        raise ValueError(f"--multi_host trains with --distribution=data (each host its own shards, the weights "
+                         f"replicated); got --distribution={config['distribution']}.")
+
+
+def check_multi_host(config, strategy, processes):
+    """Raises ValueError for a setting a job of several processes cannot run."""
+    if strategy is None:
+        raise ValueError(f"This job has {processes} processes: pass --multi_host --distribution=data, so they "
+                         "train one model together.")
+    evaluated = [f"--{name}" for name in ("val_data", "zero_shot_classes") if config[name]]
+    if evaluated:
+        raise ValueError(f"{', '.join(evaluated)}: the main job evaluates on one process only; evaluate the "
+                         "written preset afterwards (keras_siglip.evaluation) instead.")
 
 
 def strategy_of(config):
@@ -274,6 +288,10 @@ def run(config):
     if config["steps"] < 1 or config["checkpoint_every"] < 1:
         raise ValueError("--steps and --checkpoint_every must be positive.")
     check_distribution(config)
+    if config["multi_host"]:
+        from keras_siglip import distribution
+
+        distribution.initialize_multi_host()  # before any other JAX work
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config["precision"])
     try:
@@ -289,14 +307,17 @@ def _train_and_report(config):
     from keras_siglip.data import readers
 
     started = time.time()
-    workdir = pathlib.Path(config["workdir"])
-    workdir.mkdir(parents=True, exist_ok=True)
     strategy = strategy_of(config)
     process, processes = backend.process_index_and_count()
-    if process == 0:
-        train.record_settings(config, workdir)
     if config["batch_size"] % processes:
         raise ValueError(f"--batch_size={config['batch_size']} must be divisible by {processes} processes.")
+    if processes > 1:
+        check_multi_host(config, strategy, processes)
+        strategy.auto_shard_dataset = False  # each process's reader already reads only its own shards
+    workdir = pathlib.Path(config["workdir"])
+    workdir.mkdir(parents=True, exist_ok=True)
+    if process == 0:
+        train.record_settings(config, workdir)
     local_batch = config["batch_size"] // processes
     keras.utils.set_random_seed(config["seed"])
     # Distribution.scope() is a one-shot context manager: each block asks for a new one.

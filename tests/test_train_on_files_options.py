@@ -81,6 +81,7 @@ def test_mixed_bfloat16_with_zero_shot_classes_reports_accuracy_and_restores_the
     (dict(distribution="data", mesh="2,4"), "mesh of --distribution=model; got --distribution=data"),
     (dict(distribution="none", mesh="1,1"), "mesh of --distribution=model"),
     (dict(steps=0), "--steps and --checkpoint_every must be positive"),
+    (dict(multi_host=True), "--multi_host trains with --distribution=data"),
 ])
 def test_unusable_distribution_settings_are_refused_before_any_work(data, tmp_path, flags, message):
     config = train.default_config(**dict(TINY, **flags, train_data=str(data / "train.csv"), image_root=str(data),
@@ -99,12 +100,20 @@ def test_a_distribution_on_a_backend_without_keras_distribution_is_refused(data,
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="a multi-host job trains with keras.distribution (JAX)")
 def test_a_process_of_a_multi_host_job_feeds_its_share_and_leaves_the_shared_files_to_process_0(
         data, tmp_path, monkeypatch):
     from keras_siglip import backend
 
     monkeypatch.setattr(backend, "process_index_and_count", lambda: (1, 2))
     config = train.default_config(**TINY, steps=2, train_data=str(data / "train.csv"), workdir=str(tmp_path / "run"))
+    for flags, message in ((dict(distribution="none"), "has 2 processes: pass --multi_host --distribution=data"),
+                           (dict(distribution="data", val_data=str(data / "train.csv")),
+                            "--val_data: the main job evaluates on one process only")):
+        with pytest.raises(ValueError, match=message):
+            train.run(dict(config, **flags, workdir=str(tmp_path / "refused")))
+        assert not (tmp_path / "refused").exists()
+    config["distribution"] = "data"
     results = train.run(config)
     assert (results["steps"], results["batch_size"]) == (2, 8)
     positions = json.loads((tmp_path / "run" / "data_position.1-of-2.json").read_text())
