@@ -24,10 +24,10 @@ FLAG_DEFAULTS = dict(
     learning_rate=3e-3, warmup_steps=100, weight_decay=1e-4, checkpoint_every=100, eval_every=200, seed=0,
     workdir="siglip_main_job", verbose=1, tensorboard=True,
     train_data=None, data_format="auto", image_key=None, caption_key=None, image_root=None, val_data=None,
-    zero_shot_classes=None, zero_shot_templates=None, zero_shot_data=None, tokenizer=None,
+    zero_shot_classes=None, zero_shot_templates=None, zero_shot_data=None, tokenizer=None, max_num_patches=None,
     random_resized_crop=False, horizontal_flip=False, shuffle_buffer=5000, max_skipped_images=None,
     lock_image_tower=False, image_tower_learning_rate_multiplier=None, precision="float32", distribution="none",
-    mesh=None,
+    mesh=None, multi_host=False,
 )  # fmt: skip
 
 TINY_FLAGS = dict(
