@@ -175,9 +175,11 @@ def encode_images(model, images, batch_size=128):
     """
     if _is_dataset(images):
         images = collect_batches(images)
-        images = image_inputs(images) if isinstance(images, dict) else images[0]
+        images = images if isinstance(images, dict) else images[0]
     if isinstance(images, dict):
-        images = {key: np.asarray(value) for key, value in image_inputs(images).items()}
+        images = image_inputs(images)
+    if isinstance(images, dict):  # NaFlex: each input keeps its dtype
+        images = {key: np.asarray(value) for key, value in images.items()}
     else:
         images = np.asarray(images, "float32")
     if count_images(images) == 0:

@@ -277,3 +277,15 @@ def test_image_inputs_take_fixed_size_images_or_the_three_naflex_inputs_and_name
     with pytest.raises(ValueError, match=r"needs 'images' \(or NaFlex's .*spatial_shapes\); it has "
                                          r"\['pixel_values', 'token_ids'\]"):
         evaluation.image_inputs({"pixel_values": naflex["pixel_values"], "token_ids": naflex["token_ids"]})
+
+
+def test_encode_images_takes_an_array_a_dict_of_images_or_a_dataset_alike():
+    import tensorflow as tf
+
+    model = tiny_siglip()
+    images = random_pairs(3)["images"]
+    expected = evaluation.encode_images(model, images)
+    np.testing.assert_allclose(evaluation.encode_images(model, {"images": images}), expected, atol=1e-6)
+    dataset = tf.data.Dataset.from_tensor_slices({"images": images}).batch(2)
+    np.testing.assert_allclose(evaluation.encode_images(model, dataset), expected, atol=1e-6)
+

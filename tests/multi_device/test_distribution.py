@@ -11,10 +11,7 @@ import importlib.util
 import json
 import os
 import pathlib
-import socket
-import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
@@ -22,6 +19,7 @@ import pytest
 
 from keras_siglip import SigLIP, backend, distribution, sigmoid_loss
 from keras_siglip.losses import sigmoid as sigmoid_module
+from local_processes import free_port, run_together
 
 pytestmark = pytest.mark.multi_device
 
@@ -266,12 +264,6 @@ def test_other_backends_are_told_to_use_one_device(monkeypatch):
 # -- two processes on one machine ---------------------------------------------------------
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_processes_train_like_one(reference, tmp_path):
     """Two processes x 4 CPU devices, joined over 127.0.0.1, on a (2, 4) mesh across both.
 
@@ -284,22 +276,7 @@ def test_two_processes_train_like_one(reference, tmp_path):
                "--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "2",
                "--load-weights", str(tmp_path / "initial.npz"),
                "--save-weights", str(tmp_path / "trained.npz"), "--losses-out", str(tmp_path / "losses.json")]
-    workers = [
-        subprocess.Popen(command + ["--process-id", str(i)], env=env, cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for i in range(2)
-    ]
-    outputs, deadline = [], time.monotonic() + 540  # minutes on a loaded 2-core machine, ~1 idle
-    try:
-        for worker in workers:
-            outputs.append(worker.communicate(timeout=max(1, deadline - time.monotonic()))[0])
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.communicate()
-    for worker, output in zip(workers, outputs):
-        assert worker.returncode == 0, output[-3000:]
+    run_together([command + ["--process-id", str(i)] for i in range(2)], [env, env], ROOT)
     trained = np.load(tmp_path / "trained.npz")
     losses = json.loads((tmp_path / "losses.json").read_text())
     assert_matches_reference(reference, losses, {path: trained[path] for path in trained.files})

@@ -6,6 +6,7 @@ import pytest
 
 from image_caption_files import TINY, data, weights  # noqa: F401 (data: a fixture)
 from keras_siglip import train
+from local_processes import free_port, run_together
 
 pytestmark = pytest.mark.multi_device
 
@@ -42,38 +43,19 @@ def test_two_processes_run_the_main_job_together_with_multi_host(data, tmp_path)
     """Two `python -m keras_siglip.train --multi_host` processes x 2 CPU devices, joined over 127.0.0.1."""
     import json
     import os
-    import socket
-    import subprocess
     import sys
-    import time
 
     from keras_siglip import presets
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     flags = [f"--{key}={value}" for key, value in TINY.items() if not isinstance(value, bool)]
     flags += ["--notensorboard", "--multi_host", "--distribution=data", "--steps=2",
               f"--train_data={data / '{00000..00003}.tar'}", f"--workdir={tmp_path / 'run'}"]
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    workers = []
-    for process in range(2):
-        env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2",
-                   KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{port}", KERAS_DISTRIBUTION_NUM_PROCESSES="2",
-                   KERAS_DISTRIBUTION_PROCESS_ID=str(process))
-        workers.append(subprocess.Popen([sys.executable, "-m", "keras_siglip.train", *flags], env=env, cwd=root,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs, deadline = [], time.monotonic() + 540  # minutes on a loaded 2-core machine
-    try:
-        for worker in workers:
-            outputs.append(worker.communicate(timeout=max(1, deadline - time.monotonic()))[0])
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.communicate()
-    for worker, output in zip(workers, outputs):
-        assert worker.returncode == 0, output[-3000:]
+    envs = [dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2",
+                 KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{port}", KERAS_DISTRIBUTION_NUM_PROCESSES="2",
+                 KERAS_DISTRIBUTION_PROCESS_ID=str(process)) for process in range(2)]
+    run_together([[sys.executable, "-m", "keras_siglip.train", *flags]] * 2, envs, root)
     run_dir = tmp_path / "run"
     results = json.loads((run_dir / "results.json").read_text())
     assert (results["steps"], results["batch_size"]) == (2, 8)
