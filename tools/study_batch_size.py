@@ -369,6 +369,7 @@ def plot(results):
     import matplotlib.pyplot as plt
 
     out = pathlib.Path(FLAGS.plots)
+    out.mkdir(parents=True, exist_ok=True)
     examples = scenes.load_scenes("test", num_images=6)
     figure, axes = plt.subplots(1, 6, figsize=(15, 3.2))
     for i, axis in enumerate(axes):
