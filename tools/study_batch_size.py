@@ -419,11 +419,11 @@ def plot(results):
         s = spec("bias", "sigmoid", sb, 0, b, t)
         found = select(results, study=s["study"], loss="sigmoid", batch=sb, b=b, t=s["t"], noise="none")
         mean, half = mean_ci([r["test_r1"] for r in found] or [np.nan])
-        labels.append(f"b={b:g}\nt'=log {10 if t else 1}")
+        labels.append(f"b={b:g}\nt'=log{10 if t else 1}")
         means.append(mean)
         halves.append(half)
     axes[0].bar(range(len(labels)), means, yerr=halves, capsize=3)
-    axes[0].set_xticks(range(len(labels)), labels, fontsize=8)
+    axes[0].set_xticks(range(len(labels)), labels, fontsize=7)
     axes[0].set(ylabel="held-out test R@1 (%)", title=f"sigmoid initialisation, batch {sb}")
     for axis, (kind, levels) in zip(axes[1:], NOISE_LEVELS.items()):
         for loss in ("sigmoid", "softmax"):
