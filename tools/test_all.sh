@@ -5,9 +5,10 @@
 # Extra arguments go to every pytest run.
 #
 # The runs are single-threaded for the most part (tracing and compiling tiny
-# models), so they go in two lanes at once, of about equal length: JAX, the
-# multi-device run and PyTorch in one; TensorFlow in the other. Each lane's output
-# is printed when it ends.
+# models), so two run at once: each of two lanes takes the next run not yet
+# taken, longest first (TensorFlow, JAX, PyTorch, multi-device), which keeps the
+# lanes about equal whichever backend is slow on a machine. Each run's output is
+# printed, in that order, once all have ended.
 # TEST_LANES=1 runs everything in one lane, in order.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,32 +32,37 @@ multi_device_run() {
   return $rc
 }
 
-lane_jax_torch() {
-  local status=0
-  backend_run jax "$@" || status=1
-  multi_device_run "$@" || status=1
-  backend_run torch "$@" || status=1
-  return $status
+run_job() {
+  case $1 in
+    multi_device) multi_device_run "${@:2}" ;;
+    *) backend_run "$@" ;;
+  esac
 }
 
-lane_tensorflow() {
-  backend_run tensorflow "$@"
+jobs=(tensorflow jax torch multi_device)
+
+lane() {
+  # Claims jobs by making their marker folder: mkdir is atomic, so no job runs twice.
+  local status=0 job
+  for job in "${jobs[@]}"; do
+    mkdir "$logs/$job.claimed" 2>/dev/null || continue
+    run_job "$job" "$@" >"$logs/$job.log" 2>&1 || status=1
+  done
+  return $status
 }
 
 status=0
 start=$SECONDS
 if [ "${TEST_LANES:-2}" = 1 ]; then
-  lane_jax_torch "$@" || status=1
-  lane_tensorflow "$@" || status=1
+  lane "$@" || status=1
 else
-  lane_jax_torch "$@" >"$logs/jax_torch.log" 2>&1 &
-  jax_torch=$!
-  lane_tensorflow "$@" >"$logs/tensorflow.log" 2>&1 &
-  tensorflow=$!
-  wait $jax_torch || status=1
-  cat "$logs/jax_torch.log"
-  wait $tensorflow || status=1
-  cat "$logs/tensorflow.log"
+  lane "$@" &
+  first=$!
+  lane "$@" &
+  second=$!
+  wait $first || status=1
+  wait $second || status=1
 fi
+for job in "${jobs[@]}"; do cat "$logs/$job.log"; done
 echo "=== whole suite: $((SECONDS - start)) s, $([ $status -eq 0 ] && echo passed || echo FAILED)"
 exit $status
