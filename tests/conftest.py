@@ -50,7 +50,7 @@ def _tensorflow_gradient_registry():
 @pytest.fixture(autouse=True)
 def _fresh_keras_state():
     # Without Python's full garbage collection, which costs seconds per test on
-    # TensorFlow once many traced functions are alive (half the suite's time).
+    # TensorFlow once many traced functions are alive.
     keras.utils.clear_session(free_memory=False)
     keras.config.set_dtype_policy("float32")
     gradient_registry = _tensorflow_gradient_registry()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite (docstring examples included, tests/test_docstrings.py):
-# once per backend, then the multi-device tests on 8 simulated JAX CPU devices in
+# once per backend, and the multi-device tests on 8 simulated JAX CPU devices in
 # their own process (XLA_FLAGS must be set before JAX is imported).
 # Extra arguments go to every pytest run.
 #
@@ -32,21 +32,21 @@ multi_device_run() {
   return $rc
 }
 
-run_job() {
+start_run() {
   case $1 in
     multi_device) multi_device_run "${@:2}" ;;
     *) backend_run "$@" ;;
   esac
 }
 
-jobs=(tensorflow jax torch multi_device)
+runs=(tensorflow jax torch multi_device)
 
 lane() {
-  # Claims jobs by making their marker folder: mkdir is atomic, so no job runs twice.
-  local status=0 job
-  for job in "${jobs[@]}"; do
-    mkdir "$logs/$job.claimed" 2>/dev/null || continue
-    run_job "$job" "$@" >"$logs/$job.log" 2>&1 || status=1
+  # Claims a run by making its marker folder: mkdir is atomic, so no run starts twice.
+  local status=0 run
+  for run in "${runs[@]}"; do
+    mkdir "$logs/$run.claimed" 2>/dev/null || continue
+    start_run "$run" "$@" >"$logs/$run.log" 2>&1 || status=1
   done
   return $status
 }
@@ -63,6 +63,6 @@ else
   wait $first || status=1
   wait $second || status=1
 fi
-for job in "${jobs[@]}"; do cat "$logs/$job.log"; done
+for run in "${runs[@]}"; do cat "$logs/$run.log"; done
 echo "=== whole suite: $((SECONDS - start)) s, $([ $status -eq 0 ] && echo passed || echo FAILED)"
 exit $status
